@@ -1,0 +1,126 @@
+"""Hugging Face Accelerate: the plain loop, with Accelerate placing, wrapping and launching.
+
+    python accelerate_train.py                                             # one device
+    accelerate launch --config_file configs/accelerate/config.json accelerate_train.py
+    accelerate launch --config_file configs/accelerate/config_multi_gpu.json accelerate_train.py
+    accelerate launch --multi_gpu --num_processes 2 accelerate_train.py --cpu   # 2 CPU processes
+
+It trains the LightningModule as the plain `nn.Module` it is (forward, optimizer, metrics) on the
+LightningDataModule's loaders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, set_seed
+
+import task
+from datamodule import TaskDataModule
+from lightning_module import MLPClassifier
+
+
+def parse_args() -> object:
+    parser = task.task_parser("Train the task with Hugging Face Accelerate.")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default=None,
+        help="default: what `accelerate launch` or its config file says, else no",
+    )
+    parser.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    accelerator = Accelerator(
+        cpu=args.cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.accumulate,
+        # No duplicated samples to even out the last batches: the metrics see each sample once.
+        dataloader_config=DataLoaderConfiguration(even_batches=False),
+    )
+    check_launch(accelerator)
+    precision = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[
+        accelerator.mixed_precision
+    ]
+    if precision == "16-mixed" and accelerator.device.type != "cuda":
+        # Accelerate would train in fp32 and still report fp16: refuse instead.
+        raise task.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+    data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+    data.setup("fit")
+    micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
+    run_dir = [args.run_dir or task.next_run_dir("runs", "accelerate")]
+    run_dir = Path(broadcast_object_list(run_dir)[0])  # rank 0 picks the version
+    task.check_run_dir(run_dir, resume=False)
+
+    set_seed(args.seed)
+    module = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
+    optimizer = module.configure_optimizers()
+    model, optimizer, train_loader, val_loader = accelerator.prepare(
+        module, optimizer, data.train_dataloader(), data.val_dataloader()
+    )
+
+    history, steps, start = [], 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        train_loader.set_epoch(epoch)
+        model.train()
+        for x, y in task.progress(train_loader, accelerator.is_main_process, f"epoch {epoch + 1}"):
+            # Inside accumulate(), backward divides the loss by the steps and skips the gradient
+            # all-reduce, and the prepared optimizer steps, until the last micro-batch.
+            with accelerator.accumulate(model):
+                loss = F.cross_entropy(model(x), y)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            steps += accelerator.sync_gradients
+            module.train_loss.update(loss.detach(), weight=y.numel())
+        validate(model, module, val_loader)
+        history.append(module.epoch_metrics())
+        accelerator.print(task.epoch_line(epoch + 1, history[-1]))
+
+    if accelerator.is_main_process:
+        record = task.RunRecord(
+            runner="accelerate",
+            world_size=accelerator.num_processes,
+            device=accelerator.device.type,
+            precision=precision,
+            seed=args.seed,
+            global_batch_size=args.batch_size,
+            per_device_batch_size=micro_batch,
+            accumulate_grad_batches=args.accumulate,
+            optimizer_steps=steps,
+            wall_clock_s=time.perf_counter() - start,
+            epochs=history,
+        )
+        task.save_run(run_dir, record, accelerator.unwrap_model(model).model)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.data.DataLoader):
+    model.eval()
+    module.on_validation_epoch_start()
+    for i, batch in enumerate(loader):
+        module.validation_step(batch, i)  # no backward, so no need to pass through DDP
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse the launches where Accelerate would silently train something else than asked."""
+    launched = int(os.environ.get("WORLD_SIZE", 1))
+    if launched > accelerator.num_processes:
+        raise task.UsageError(
+            f"{launched} processes were started but did not join one process group (no CUDA GPU "
+            "for a multi-GPU launch), so each would train alone; pass --cpu to train on CPU "
+            "processes, or launch on GPUs"
+        )
+
+
+if __name__ == "__main__":
+    task.run_main(main)

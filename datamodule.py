@@ -1,0 +1,54 @@
+"""The task's data as a LightningDataModule: used by the Trainer, Fabric and Accelerate runners."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+
+import task
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Synthetic binary classification, split 800/200; `batch_size` is the GLOBAL batch.
+
+    Under the Trainer, `setup` reads the world size and accumulation steps from it; the Fabric
+    and Accelerate runners call `set_micro_batch_size` themselves.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = task.NUM_SAMPLES,
+        num_features: int = task.NUM_FEATURES,
+        label_noise: float = task.LABEL_NOISE,
+        val_fraction: float = task.VAL_FRACTION,
+        batch_size: int = task.GLOBAL_BATCH_SIZE,
+        seed: int = task.SEED,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.micro_batch_size = batch_size
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        dataset = task.make_dataset(hp.num_samples, hp.num_features, hp.label_noise, hp.seed)
+        self.train_set, self.val_set = task.split_dataset(dataset, hp.val_fraction, hp.seed)
+        if self.trainer is not None:
+            self.set_micro_batch_size(self.trainer.world_size, self.trainer.accumulate_grad_batches)
+
+    def set_micro_batch_size(self, world_size: int, accumulate: int) -> int:
+        """Split the global batch over processes and accumulation steps; refuse uneven splits."""
+        assert self.train_set is not None and self.val_set is not None, "call setup() first"
+        self.micro_batch_size = task.micro_batch_size(
+            self.hparams.batch_size, world_size, accumulate, len(self.train_set)
+        )
+        task.check_val_split(len(self.val_set), world_size)
+        return self.micro_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = task.EpochShuffleSampler(self.train_set, seed=self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.micro_batch_size)

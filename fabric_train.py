@@ -1,0 +1,116 @@
+"""Lightning Fabric: the plain loop, with Fabric placing, wrapping and launching.
+
+    python fabric_train.py                                   # one device
+    python fabric_train.py --devices 2                       # DDP: 2 x 16 = the same batch of 32
+    fabric run --devices 2 fabric_train.py                   # the same, started by Fabric's CLI
+
+It drives the LightningModule (`training_step`, `validation_step`, its epoch-end hook) and the
+LightningDataModule that the Trainer runner uses, in a loop written by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.loggers import CSVLogger
+
+import task
+from datamodule import TaskDataModule
+from lightning_module import MLPClassifier
+
+
+def parse_args() -> object:
+    parser = task.task_parser("Train the task with Lightning Fabric.")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
+    parser.add_argument("--devices", type=task.positive_int, default=1)
+    parser.add_argument("--num-nodes", type=task.positive_int, default=1)
+    parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
+    parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    fabric = L.Fabric(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        precision=args.precision,
+        # --run-dir, else Lightning's own scheme: runs/fabric/version_N
+        loggers=CSVLogger(args.run_dir, name="", version="")
+        if args.run_dir
+        else CSVLogger("runs", name="fabric"),
+    )
+    if args.precision == "16-mixed" and fabric.device.type != "cuda":
+        raise task.UsageError(
+            "precision 16-mixed needs a CUDA GPU; on a CPU use bf16-mixed or 32-true"
+        )
+    data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+    data.setup("fit")
+    micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
+    fabric.launch()  # starts the other processes when --devices > 1 (a no-op under `fabric run`)
+    run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
+    task.check_run_dir(run_dir, resume=False)
+
+    fabric.seed_everything(args.seed)
+    model = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
+    optimizer = model.configure_optimizers()
+    model, optimizer = fabric.setup(model, optimizer)
+    # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
+    train_loader, val_loader = fabric.setup_dataloaders(
+        data.train_dataloader(), data.val_dataloader()
+    )
+
+    steps, start = 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        # Fabric's loader calls sampler.set_epoch(epoch) itself on every new iteration.
+        model.train()
+        for i, batch in enumerate(
+            task.progress(train_loader, fabric.is_global_zero, f"epoch {epoch + 1}")
+        ):
+            last_micro_batch = (i + 1) % args.accumulate == 0
+            # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
+            with fabric.no_backward_sync(model, enabled=not last_micro_batch):
+                loss = model.training_step(batch, i)
+                fabric.backward(loss / args.accumulate)
+            if last_micro_batch:
+                optimizer.step()
+                optimizer.zero_grad()
+                steps += 1
+        validate(fabric, model, val_loader)
+        fabric.call(
+            "on_train_epoch_end"
+        )  # the module computes, prints and logs the epoch's metrics
+
+    fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
+    if fabric.is_global_zero:
+        record = task.RunRecord(
+            runner="fabric",
+            world_size=fabric.world_size,
+            device=fabric.device.type,
+            precision=args.precision,
+            seed=args.seed,
+            global_batch_size=args.batch_size,
+            per_device_batch_size=micro_batch,
+            accumulate_grad_batches=args.accumulate,
+            optimizer_steps=steps,
+            wall_clock_s=time.perf_counter() - start,
+            epochs=model.history,
+        )
+        task.save_run(run_dir, record, model.model)
+
+
+@torch.no_grad()
+def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.DataLoader) -> None:
+    model.eval()
+    fabric.call("on_validation_epoch_start")
+    for i, batch in enumerate(loader):
+        model.validation_step(batch, i)
+
+
+if __name__ == "__main__":
+    task.run_main(main)

@@ -1,0 +1,177 @@
+"""The task's LightningModule, and the Lightning Trainer runner through LightningCLI.
+
+python lightning_module.py fit                                   # defaults: 1 device
+python lightning_module.py fit --config configs/lightning/ddp.yaml
+python lightning_module.py fit --print_config                    # every option, as YAML
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from tqdm import tqdm
+
+import task
+from datamodule import TaskDataModule
+
+# Framework noise that says nothing about this run (see FRAMEWORK_NOTES).
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not record.getMessage().startswith("💡 Tip")
+)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+
+
+class MLPClassifier(L.LightningModule):
+    """The MLP with its loss, metrics and optimizer. Fabric and Accelerate drive it too."""
+
+    def __init__(
+        self,
+        num_features: int = task.NUM_FEATURES,
+        hidden_dim: int = task.HIDDEN_DIM,
+        num_classes: int = task.NUM_CLASSES,
+        lr: float = task.LEARNING_RATE,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = task.MLP(num_features, hidden_dim, num_classes)
+        # torchmetrics sum over every process when computed: the loss is a mean over every
+        # sample (weighted by batch size), the accuracy micro-averaged (not per-class).
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.train_loss.update(loss.detach(), weight=y.numel())
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # Forget the Trainer's sanity-check batches: each epoch validates all 200 samples once.
+        self.val_loss.reset()
+        self.val_acc.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
+        self.val_acc.update(logits, y)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """This epoch's metrics, synced over all processes; resets them for the next epoch."""
+        metrics = {
+            "train_loss": self.train_loss.compute().item(),
+            "val_loss": self.val_loss.compute().item(),
+            "val_acc": self.val_acc.compute().item(),
+        }
+        for metric in (self.train_loss, self.val_loss, self.val_acc):
+            metric.reset()
+        return metrics
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.epoch_metrics()
+        if self.trainer.global_rank == 0:  # under Fabric, `self.trainer` forwards to Fabric
+            tqdm.write(task.epoch_line(len(self.history) + 1, metrics))
+        self.history.append(metrics)
+        self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = checkpoint["history"]
+
+
+class TaskCLI(LightningCLI):
+    """LightningCLI with the contract's run directory, outputs and refusals."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        return OneLineErrorParser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One seed for everything: the data, the initial weights and the data order.
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("data.num_features", "model.num_features")
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand].trainer
+        if str(trainer.precision).startswith("16") and not _cuda_requested(trainer.accelerator):
+            # Lightning would warn and train in bf16 instead: the contract refuses that swap.
+            raise task.UsageError(
+                f"precision {trainer.precision} needs a CUDA GPU; "
+                "on a CPU use bf16-mixed or 32-true"
+            )
+
+    def before_fit(self) -> None:
+        task.check_run_dir(Path(self.trainer.log_dir), resume=False)
+        self._start = time.perf_counter()
+
+    def after_fit(self) -> None:
+        trainer, module, data = self.trainer, self.model, self.datamodule
+        run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero:
+            return
+        record = task.RunRecord(
+            runner="lightning",
+            world_size=trainer.world_size,
+            device=module.device.type,
+            precision=str(trainer.precision),
+            seed=data.hparams.seed,
+            global_batch_size=data.hparams.batch_size,
+            per_device_batch_size=data.micro_batch_size,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            optimizer_steps=trainer.global_step,
+            wall_clock_s=time.perf_counter() - self._start,
+            epochs=module.history,
+        )
+        task.save_run(run_dir, record, module.model)
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad option or config file is reported as the contract's one line, exit status 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        task.fail(" ".join(message.split()) + " (see --help)")
+
+
+def _cuda_requested(accelerator: Any) -> bool:
+    return str(accelerator) in ("gpu", "cuda") or (
+        str(accelerator) == "auto" and torch.cuda.is_available()
+    )
+
+
+def main() -> None:
+    TaskCLI(
+        MLPClassifier,
+        TaskDataModule,
+        seed_everything_default=task.SEED,
+        trainer_defaults={
+            "max_epochs": task.EPOCHS,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs", "name": "lightning"},
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    task.run_main(main)

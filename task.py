@@ -1,0 +1,308 @@
+"""The task, defined once: data, model, data order and the run-directory contract.
+
+Every runner imports this module. It needs torch and the standard library only, so that
+`simple_train.py` runs where nothing but torch is installed (tqdm, if present, draws its bar).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import torch
+from torch import nn
+from torch.utils.data import RandomSampler, TensorDataset
+
+T = TypeVar("T")
+
+# The original project's task; every runner and test reads these defaults from here.
+NUM_SAMPLES = 1000
+NUM_FEATURES = 10
+NUM_CLASSES = 2
+HIDDEN_DIM = 32
+LABEL_NOISE = 0.1
+VAL_FRACTION = 0.2
+SEED = 42
+GLOBAL_BATCH_SIZE = 32
+LEARNING_RATE = 1e-3
+EPOCHS = 5
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2, before any training."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def make_dataset(
+    num_samples: int = NUM_SAMPLES,
+    num_features: int = NUM_FEATURES,
+    label_noise: float = LABEL_NOISE,
+    seed: int = SEED,
+) -> TensorDataset:
+    """x ~ N(0, 1); label 1 where x0 + x1 > 0; then exactly `label_noise` of the labels flipped.
+
+    A private generator keeps the data independent of the global RNG, so that seeding order
+    in a runner (model first or data first) cannot change the model's initial weights.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, num_features, generator=generator)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    flipped = torch.randperm(num_samples, generator=generator)[: round(label_noise * num_samples)]
+    y[flipped] = 1 - y[flipped]
+    return TensorDataset(x, y)
+
+
+def split_dataset(
+    dataset: TensorDataset, val_fraction: float = VAL_FRACTION, seed: int = SEED
+) -> tuple[TensorDataset, TensorDataset]:
+    """A seeded, disjoint train/validation split (800/200 by default), the same in every process."""
+    num_val = round(val_fraction * len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))
+    train_idx, val_idx = order[num_val:], order[:num_val]
+    x, y = dataset.tensors
+    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+
+
+class EpochShuffleSampler(RandomSampler):
+    """Reshuffles every epoch from `seed + epoch`: one replica's view of `DistributedSampler`.
+
+    torch's `DistributedSampler(shuffle=True, seed=s)` orders epoch e by `randperm(n)` seeded with
+    s + e and gives rank r every N-th index. Walking that same order on one device makes one
+    device with batch 32 take the same samples per step as N devices with 32 / N each, which is
+    what lets the runners agree bit for bit. It subclasses `RandomSampler` so that the Trainer
+    and Fabric, under DDP, recognise a shuffled loader and swap in their `DistributedSampler`
+    (seeded with the same seed through `seed_everything`).
+    """
+
+    def __init__(self, data_source: Sequence[Any], seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+
+
+def micro_batch_size(global_batch: int, world_size: int, accumulate: int, num_train: int) -> int:
+    """The per-device batch of one forward pass: global batch / (processes x accumulation steps).
+
+    Refuses splits that would silently change the optimisation: a remainder, or a data set that
+    the processes cannot share evenly (DistributedSampler would pad it with duplicates).
+    """
+    split = world_size * accumulate
+    if global_batch % split:
+        raise UsageError(
+            f"global batch size {global_batch} is not divisible by {world_size} process(es) x "
+            f"{accumulate} accumulation step(s); use a multiple of {split}"
+        )
+    if num_train % world_size:
+        raise UsageError(
+            f"{num_train} training samples cannot be shared evenly by {world_size} processes; "
+            "choose a number of samples or processes that divides it"
+        )
+    return global_batch // split
+
+
+def check_val_split(num_val: int, world_size: int) -> None:
+    """Validation must see each sample exactly once: N processes must divide the validation set."""
+    if num_val % world_size:
+        raise UsageError(
+            f"{num_val} validation samples cannot be shared evenly by {world_size} processes; "
+            "choose a number of samples or processes that divides it"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """10 -> 32 -> ReLU -> 2 logits: 418 parameters (the original README's "~700" was wrong)."""
+
+    def __init__(
+        self,
+        num_features: int = NUM_FEATURES,
+        hidden_dim: int = HIDDEN_DIM,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(num_features, hidden_dim)
+        self.out = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Console and run directory
+# ---------------------------------------------------------------------------------------------
+def epoch_line(epoch: int, metrics: dict[str, float]) -> str:
+    return (
+        f"epoch {epoch}  train_loss {metrics['train_loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}"
+    )
+
+
+def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
+    """A tqdm bar on rank 0 when stderr is a terminal; without tqdm installed, no bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
+
+
+def next_run_dir(root: str | Path, runner: str) -> Path:
+    """`root/runner/version_N` with N one past the highest there: runs never collide."""
+    parent = Path(root) / runner
+    versions = [
+        int(m.group(1))
+        for p in (parent.iterdir() if parent.is_dir() else [])
+        if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
+    return parent / f"version_{max(versions, default=-1) + 1}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """An explicit run directory that already holds a finished run is never overwritten."""
+    if not resume and (run_dir / "model.pt").exists():
+        raise UsageError(
+            f"{run_dir} already holds a finished run (model.pt); "
+            "choose another run directory, or delete that one"
+        )
+
+
+def framework_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("torch", "lightning", "accelerate", "torchmetrics"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write beside `path`, then rename: a kill leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class RunRecord:
+    """What `metrics.json` holds: the contract's fields, the same for every runner."""
+
+    runner: str
+    world_size: int
+    device: str
+    precision: str
+    seed: int
+    global_batch_size: int
+    per_device_batch_size: int
+    accumulate_grad_batches: int
+    optimizer_steps: int
+    wall_clock_s: float
+    epochs: list[dict[str, float]]
+
+    def to_json(self) -> dict[str, Any]:
+        fields = dict(vars(self), epochs=[{"epoch": i + 1, **m} for i, m in enumerate(self.epochs)])
+        return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
+
+
+def save_run(run_dir: Path, record: RunRecord, model: nn.Module) -> None:
+    """Rank 0's outputs: `metrics.json`, then the plain `state_dict` as `model.pt`."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    text = json.dumps(record.to_json(), indent=2) + "\n"
+    atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
+    atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line shared by the hand-written runners (the Trainer uses LightningCLI)
+# ---------------------------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as the contract's one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2. Under several processes only rank 0 speaks."""
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive finite number")
+    return value
+
+
+def task_parser(description: str) -> ArgumentParser:
+    """The task's knobs, named as in the contract; each runner adds its framework's own."""
+    parser = ArgumentParser(description=description)
+    task = parser.add_argument_group("task")
+    task.add_argument("--seed", type=int, default=SEED)
+    task.add_argument("--epochs", type=positive_int, default=EPOCHS)
+    task.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=GLOBAL_BATCH_SIZE,
+        help="GLOBAL batch size",
+    )
+    task.add_argument("--lr", type=positive_float, default=LEARNING_RATE)
+    task.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES)
+    task.add_argument("--hidden-dim", type=positive_int, default=HIDDEN_DIM)
+    task.add_argument(
+        "--accumulate",
+        type=positive_int,
+        default=1,
+        help="micro-batches per optimizer step",
+    )
+    task.add_argument("--run-dir", type=Path, default=None, help="default: runs/<runner>/version_N")
+    return parser
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Entry-point guard: a UsageError becomes the contract's one line and exit status 2."""
+    try:
+        main()
+    except UsageError as err:
+        fail(str(err))
