@@ -69,6 +69,7 @@ def main() -> None:
 
     history, steps, start = [], 0, time.perf_counter()
     for epoch in range(args.epochs):
+        epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
         model.train()
         for x, y in task.progress(train_loader, accelerator.is_main_process, f"epoch {epoch + 1}"):
@@ -82,7 +83,7 @@ def main() -> None:
             steps += accelerator.sync_gradients
             module.train_loss.update(loss.detach(), weight=y.numel())
         validate(model, module, val_loader)
-        history.append(module.epoch_metrics())
+        history.append({**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start})
         accelerator.print(task.epoch_line(epoch + 1, history[-1]))
 
     if accelerator.is_main_process:

@@ -68,6 +68,7 @@ def main() -> None:
     steps, start = 0, time.perf_counter()
     for epoch in range(args.epochs):
         # Fabric's loader calls sampler.set_epoch(epoch) itself on every new iteration.
+        fabric.call("on_train_epoch_start")
         model.train()
         for i, batch in enumerate(
             task.progress(train_loader, fabric.is_global_zero, f"epoch {epoch + 1}")

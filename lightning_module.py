@@ -83,8 +83,12 @@ class MLPClassifier(L.LightningModule):
             metric.reset()
         return metrics
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
         metrics = self.epoch_metrics()
+        metrics["epoch_s"] = time.perf_counter() - self._epoch_start  # training + validation
         if self.trainer.global_rank == 0:  # under Fabric, `self.trainer` forwards to Fabric
             tqdm.write(task.epoch_line(len(self.history) + 1, metrics))
         self.history.append(metrics)

@@ -77,6 +77,7 @@ def main() -> None:
 
     history, steps, start = [], 0, time.perf_counter()
     for epoch in range(args.epochs):
+        epoch_start = time.perf_counter()
         train_sampler.set_epoch(epoch)
         model.train()
         train_loss_sum, train_count = torch.zeros((), device=device), 0
@@ -96,7 +97,7 @@ def main() -> None:
             train_loss_sum += loss.detach() * y.numel()
             train_count += y.numel()
         metrics = evaluate(model, val_loader, autocast, train_loss_sum, train_count, ddp)
-        history.append(metrics)
+        history.append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
         if master:
             print(task.epoch_line(epoch + 1, metrics), flush=True)
 
