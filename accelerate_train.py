@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import broadcast_object_list, set_seed
 
 import task
@@ -113,14 +115,40 @@ def validate(model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.
 
 
 def check_launch(accelerator: Accelerator) -> None:
-    """Refuse the launches where Accelerate would silently train something else than asked."""
-    launched = int(os.environ.get("WORLD_SIZE", 1))
-    if launched > accelerator.num_processes:
+    """Refuse the launches where Accelerate would silently train something other than asked."""
+    started, requested = int(os.environ.get("WORLD_SIZE", 1)), requested_processes()
+    if started > accelerator.num_processes:
         raise task.UsageError(
-            f"{launched} processes were started but did not join one process group (no CUDA GPU "
-            "for a multi-GPU launch), so each would train alone; pass --cpu to train on CPU "
+            f"{started} processes were started but did not join one process group (a multi-GPU "
+            "launch without a CUDA GPU), so each would train alone; add --cpu to train on CPU "
             "processes, or launch on GPUs"
         )
+    if requested > accelerator.num_processes:
+        raise task.UsageError(
+            f"accelerate launch was asked for {requested} processes but started "
+            f"{accelerator.num_processes} (a --cpu / use_cpu or MULTI_CPU launch without an MPI "
+            f"hostfile runs one); for {requested} CPU processes use: accelerate launch "
+            f"--multi_gpu --num_processes {requested} accelerate_train.py --cpu"
+        )
+
+
+def requested_processes() -> int:
+    """The process count that `accelerate launch` was given (flag or config file), else 1.
+
+    Read from the launcher's command line, the parent process (Linux /proc), and parsed with
+    Accelerate's own launch parser, because the launcher passes no such count to its children.
+    """
+    cmdline = Path(f"/proc/{os.getppid()}/cmdline")
+    argv = cmdline.read_bytes().decode().split("\0") if cmdline.exists() else []
+    launch = [i for i, arg in enumerate(argv) if arg in ("launch", "accelerate.commands.launch")]
+    if not launch:
+        return 1
+    args, _ = launch_command_parser().parse_known_args(argv[launch[0] + 1 :])
+    if args.num_processes is None:
+        config_file = args.config_file or default_config_file
+        if os.path.isfile(config_file):
+            args.num_processes = load_config_from_file(config_file).num_processes
+    return args.num_processes or 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse import ActionConfigFile
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -108,7 +109,10 @@ class TaskCLI(LightningCLI):
     """LightningCLI with the contract's run directory, outputs and refusals."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        return OneLineErrorParser(**kwargs)
+        # LightningCLI.init_parser, with the contract's one-line errors.
+        parser = OneLineErrorParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config file")
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One seed for everything: the data, the initial weights and the data order.

@@ -1,0 +1,87 @@
+"""The four runners on one device: bitwise-equal weights, equal metrics, the contract's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PYTHON, load_metrics, load_weights, run
+
+import task
+
+CONTRACT_FIELDS = {
+    "runner", "versions", "world_size", "device", "precision", "seed", "global_batch_size",
+    "per_device_batch_size", "accumulate_grad_batches", "optimizer_steps", "wall_clock_s", "epochs",
+}  # fmt: skip
+
+
+def test_four_runners_reach_bitwise_identical_weights(single_device_runs: dict[str, Path]) -> None:
+    reference = load_weights(single_device_runs["torch"])
+    assert sorted(reference) == ["hidden.bias", "hidden.weight", "out.bias", "out.weight"]
+    for name, run_dir in single_device_runs.items():
+        weights = load_weights(run_dir)
+        assert weights.keys() == reference.keys(), name
+        for key in reference:
+            assert torch.equal(weights[key], reference[key]), f"{name}: {key} differs"
+
+
+def test_four_runners_report_the_same_epochs(single_device_runs: dict[str, Path]) -> None:
+    reference = load_metrics(single_device_runs["torch"])["epochs"]
+    assert len(reference) == task.EPOCHS
+    for name, run_dir in single_device_runs.items():
+        epochs = load_metrics(run_dir)["epochs"]
+        for ours, ref in zip(epochs, reference, strict=True):
+            for key in ("train_loss", "val_loss", "val_acc"):
+                assert ours[key] == pytest.approx(ref[key], abs=1e-6), (name, ours["epoch"], key)
+
+
+def test_metrics_json_holds_the_contract_fields(single_device_runs: dict[str, Path]) -> None:
+    for name, run_dir in single_device_runs.items():
+        metrics = load_metrics(run_dir)
+        assert metrics.keys() >= CONTRACT_FIELDS, name
+        assert metrics["runner"] == name
+        assert metrics["world_size"] == 1 and metrics["device"] == "cpu"
+        assert metrics["global_batch_size"] == metrics["per_device_batch_size"] == 32
+        assert metrics["optimizer_steps"] == 5 * 800 // 32
+        assert metrics["precision"] == "32-true" and metrics["seed"] == 42
+        assert metrics["versions"]["torch"] == torch.__version__
+
+
+def test_console_prints_one_line_per_epoch(single_device_runs: dict[str, Path]) -> None:
+    for name, run_dir in single_device_runs.items():
+        lines = (run_dir / "console.txt").read_text().splitlines()
+        epoch_lines = [line for line in lines if line.startswith("epoch ")]
+        assert [line.split()[1] for line in epoch_lines] == ["1", "2", "3", "4", "5"], name
+
+
+def test_model_learns(single_device_runs: dict[str, Path]) -> None:
+    epochs = load_metrics(single_device_runs["torch"])["epochs"]
+    assert epochs[-1]["val_acc"] > 0.7  # chance is 0.5
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_longer_training_approaches_the_noise_ceiling(tmp_path: Path) -> None:
+    # 10 % label noise caps the accuracy near 90 %; plain PyTorch is quick enough to check.
+    result = run([PYTHON, "simple_train.py", "--epochs", "40", "--run-dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    assert load_metrics(tmp_path)["epochs"][-1]["val_acc"] >= 0.85
+
+
+# As if only torch were installed: a None entry in sys.modules makes `import name` fail.
+TORCH_ALONE = """
+import runpy, sys
+for name in ("lightning", "pytorch_lightning", "lightning_fabric", "accelerate",
+             "torchmetrics", "jsonargparse", "tqdm"):
+    sys.modules[name] = None
+sys.argv = ["simple_train.py", *sys.argv[1:]]
+runpy.run_path("simple_train.py", run_name="__main__")
+"""
+
+
+def test_simple_train_runs_with_torch_alone(tmp_path: Path) -> None:
+    result = run([PYTHON, "-c", TORCH_ALONE, "--epochs", "1", "--run-dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "model.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["runner"] == "torch"
