@@ -41,6 +41,10 @@ def parse_args() -> object:
 
 def main() -> None:
     args = parse_args()
+    on_cuda = torch.cuda.is_available() and not args.cpu
+    for strategy in ("deepspeed", "fsdp"):  # set by `accelerate launch` from its config
+        if os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "false").lower() == "true":
+            task.check_strategy(strategy, on_cuda)
     accelerator = Accelerator(
         cpu=args.cpu,
         mixed_precision=args.mixed_precision,

@@ -34,6 +34,8 @@ def parse_args() -> object:
 
 def main() -> None:
     args = parse_args()
+    task.check_precision(args.precision, task.cuda_requested(args.accelerator))
+    task.check_strategy(args.strategy, task.cuda_requested(args.accelerator))
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
@@ -45,10 +47,6 @@ def main() -> None:
         if args.run_dir
         else CSVLogger("runs", name="fabric"),
     )
-    if args.precision == "16-mixed" and fabric.device.type != "cuda":
-        raise task.UsageError(
-            "precision 16-mixed needs a CUDA GPU; on a CPU use bf16-mixed or 32-true"
-        )
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)

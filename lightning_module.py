@@ -25,10 +25,11 @@ from tqdm import tqdm
 import task
 from datamodule import TaskDataModule
 
-# Framework noise that says nothing about this run (see FRAMEWORK_NOTES).
+# Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json has the seed.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith("💡 Tip")
 )
+logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
 
@@ -121,12 +122,12 @@ class TaskCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
-        if str(trainer.precision).startswith("16") and not _cuda_requested(trainer.accelerator):
-            # Lightning would warn and train in bf16 instead: the contract refuses that swap.
-            raise task.UsageError(
-                f"precision {trainer.precision} needs a CUDA GPU; "
-                "on a CPU use bf16-mixed or 32-true"
-            )
+        if trainer.max_epochs is None or trainer.max_epochs < 1:
+            raise task.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
+        on_cuda = task.cuda_requested(str(trainer.accelerator))
+        # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
+        task.check_precision(str(trainer.precision), on_cuda)
+        task.check_strategy(str(trainer.strategy), on_cuda)
 
     def before_fit(self) -> None:
         task.check_run_dir(Path(self.trainer.log_dir), resume=False)
@@ -158,12 +159,6 @@ class OneLineErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         task.fail(" ".join(message.split()) + " (see --help)")
-
-
-def _cuda_requested(accelerator: Any) -> bool:
-    return str(accelerator) in ("gpu", "cuda") or (
-        str(accelerator) == "auto" and torch.cuda.is_available()
-    )
 
 
 def main() -> None:

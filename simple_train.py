@@ -25,6 +25,7 @@ def parse_args() -> object:
     parser = task.task_parser("Train the task with plain PyTorch (torchrun for several processes).")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
     return parser.parse_args()
 
 
@@ -37,10 +38,8 @@ def main() -> None:
         int(os.environ.get("WORLD_SIZE", 1)),
     )
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    if args.precision == "16-mixed" and device.type != "cuda":
-        raise task.UsageError(
-            "precision 16-mixed needs a CUDA GPU; on a CPU use bf16-mixed or 32-true"
-        )
+    task.check_precision(args.precision, device.type == "cuda")
+    task.check_strategy(args.strategy, device.type == "cuda")
     dataset = task.make_dataset(args.num_samples, seed=args.seed)
     train_set, val_set = task.split_dataset(dataset, seed=args.seed)
     micro_batch = task.micro_batch_size(

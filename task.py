@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -118,6 +119,30 @@ def micro_batch_size(global_batch: int, world_size: int, accumulate: int, num_tr
             "choose a number of samples or processes that divides it"
         )
     return global_batch // split
+
+
+def cuda_requested(accelerator: str) -> bool:
+    """Whether an accelerator choice (auto, cpu, cuda, gpu) ends up on CUDA GPUs here."""
+    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def check_precision(precision: str, on_cuda: bool) -> None:
+    """fp16 autocast needs CUDA; the frameworks would swap in bf16 or ignore it: refuse instead."""
+    if precision.startswith("16") and not on_cuda:
+        raise UsageError(
+            f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed or 32-true"
+        )
+
+
+def check_strategy(strategy: str, on_cuda: bool) -> None:
+    """DeepSpeed and FSDP shard over CUDA GPUs; refuse them elsewhere instead of falling back."""
+    name = strategy.lower()
+    if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
+        raise UsageError(
+            f"strategy {strategy} needs the deepspeed package: pip install -e '.[deepspeed]'"
+        )
+    if ("deepspeed" in name or "fsdp" in name) and not on_cuda:
+        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use ddp")
 
 
 def check_val_split(num_val: int, world_size: int) -> None:
