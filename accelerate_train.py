@@ -107,6 +107,9 @@ def main() -> None:
             epochs=history,
         )
         task.save_run(run_dir, record, accelerator.unwrap_model(model).model)
+    # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
+    # collective before teardown, which otherwise can deadlock at exit (seen: ~1 run in 10).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 

@@ -10,6 +10,7 @@ LightningDataModule that the Trainer runner uses, in a loop written by hand.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -25,17 +26,24 @@ from lightning_module import MLPClassifier
 def parse_args() -> object:
     parser = task.task_parser("Train the task with Lightning Fabric.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
-    parser.add_argument("--devices", type=task.positive_int, default=1)
+    # Fabric's own defaults: under `fabric run`, a value set here that differs from the CLI's
+    # is an error, and these leave the choice to the CLI.
+    parser.add_argument("--devices", type=devices, default="auto", help="a count, or auto")
     parser.add_argument("--num-nodes", type=task.positive_int, default=1)
-    parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
-    parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
+    parser.add_argument("--strategy", default="auto", help="auto, ddp, deepspeed_stage_2, fsdp")
+    parser.add_argument("--precision", choices=task.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
+
+
+def devices(text: str) -> int | str:
+    return text if text == "auto" else task.positive_int(text)
 
 
 def main() -> None:
     args = parse_args()
-    task.check_precision(args.precision, task.cuda_requested(args.accelerator))
-    task.check_strategy(args.strategy, task.cuda_requested(args.accelerator))
+    on_cuda = task.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
+    task.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
+    task.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
@@ -50,7 +58,8 @@ def main() -> None:
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
-    fabric.launch()  # starts the other processes when --devices > 1 (a no-op under `fabric run`)
+    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
+        fabric.launch()  # starts the other processes when --devices > 1
     run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
     task.check_run_dir(run_dir, resume=False)
 
@@ -91,7 +100,7 @@ def main() -> None:
             runner="fabric",
             world_size=fabric.world_size,
             device=fabric.device.type,
-            precision=args.precision,
+            precision=fabric.strategy.precision.precision,
             seed=args.seed,
             global_batch_size=args.batch_size,
             per_device_batch_size=micro_batch,
@@ -101,6 +110,9 @@ def main() -> None:
             epochs=model.history,
         )
         task.save_run(run_dir, record, model.model)
+    # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
+    # collective before teardown, which otherwise can deadlock at exit.
+    fabric.barrier()
 
 
 @torch.no_grad()

@@ -134,10 +134,16 @@ class TaskCLI(LightningCLI):
         self._start = time.perf_counter()
 
     def after_fit(self) -> None:
-        trainer, module, data = self.trainer, self.model, self.datamodule
+        trainer = self.trainer
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self._save_run(run_dir)
+        # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the
+        # last collective before teardown, which otherwise can deadlock at exit.
+        trainer.strategy.barrier()
+
+    def _save_run(self, run_dir: Path) -> None:
+        trainer, module, data = self.trainer, self.model, self.datamodule
         record = task.RunRecord(
             runner="lightning",
             world_size=trainer.world_size,

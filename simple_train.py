@@ -116,6 +116,9 @@ def main() -> None:
         )
         task.save_run(run_dir, record, raw_model)
     if ddp:
+        # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the
+        # last collective before teardown, which otherwise can deadlock at exit.
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -145,3 +145,14 @@ def test_accelerate_config_files_are_accepted_as_is(tmp_path: Path) -> None:
                   "--run-dir", str(tmp_path)])  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert load_metrics(tmp_path)["world_size"] == 1
+
+
+def test_fabric_run_cli_matches_fabric_launch(tmp_path: Path, ddp_runs: dict[str, Path]) -> None:
+    cli = [PYTHON, "-m", "lightning.fabric.cli", "run", "--accelerator=cpu", "--devices=2",
+           f"--main-port={free_port()}"]  # fmt: skip
+    result = run(
+        [*cli, f"--main-port={free_port()}", "fabric_train.py", "--run-dir", str(tmp_path)]
+    )
+    assert result.returncode == 0, result.stderr
+    weights, reference = load_weights(tmp_path), load_weights(ddp_runs["fabric"])
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
