@@ -106,7 +106,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             epochs=history,
         )
-        task.save_run(run_dir, record, accelerator.unwrap_model(model).model)
+        task.save_run(run_dir, record, accelerator.unwrap_model(model).model.state_dict())
     # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
     # collective before teardown, which otherwise can deadlock at exit (seen: ~1 run in 10).
     accelerator.wait_for_everyone()

@@ -109,7 +109,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             epochs=model.history,
         )
-        task.save_run(run_dir, record, model.model)
+        task.save_run(run_dir, record, model.model.state_dict())
     # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
     # collective before teardown, which otherwise can deadlock at exit.
     fabric.barrier()

@@ -157,7 +157,7 @@ class TaskCLI(LightningCLI):
             wall_clock_s=time.perf_counter() - self._start,
             epochs=module.history,
         )
-        task.save_run(run_dir, record, module.model)
+        task.save_run(run_dir, record, module.model.state_dict())
 
 
 class OneLineErrorParser(LightningArgumentParser):

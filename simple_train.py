@@ -8,13 +8,22 @@ Needs torch alone (tqdm, if installed, draws the progress bar).
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -26,6 +35,10 @@ def parse_args() -> object:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
+    parser.add_argument(
+        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 
@@ -46,8 +59,9 @@ def main() -> None:
         args.batch_size, world_size, args.accumulate, len(train_set)
     )
     task.check_val_split(len(val_set), world_size)
-    run_dir = args.run_dir or task.next_run_dir("runs", "torch")
-    task.check_run_dir(run_dir, resume=False)
+    run_dir = task.resolve_run_dir(args.run_dir, "torch", args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = task.load_checkpoint(checkpoint_path) if args.resume else None
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
@@ -55,7 +69,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = task.MLP(hidden_dim=args.hidden_dim).to(device)
     raw_model = model
-    if ddp:
+    if args.strategy == "fsdp":  # shards parameters, gradients and optimizer state over ranks
+        fully_shard(model)
+    elif ddp:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None
         )
@@ -74,32 +90,58 @@ def main() -> None:
     train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=train_sampler)
     val_loader = DataLoader(val_set, batch_size=micro_batch, sampler=val_sampler)
 
-    history, steps, start = [], 0, time.perf_counter()
-    for epoch in range(args.epochs):
+    # Where training stands: a checkpoint restores it exactly, mid-epoch included.
+    state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}
+    if checkpoint is not None:
+        set_state_dict(raw_model, optimizer, model_state_dict=checkpoint.pop("model"),
+                       optim_state_dict=checkpoint.pop("optimizer"))  # fmt: skip
+        scaler.load_state_dict(checkpoint.pop("scaler"))
+        state = checkpoint
+        if master:
+            print(task.resume_line(checkpoint_path, state), flush=True)
+
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
         train_sampler.set_epoch(epoch)
         model.train()
-        train_loss_sum, train_count = torch.zeros((), device=device), 0
-        for i, (x, y) in enumerate(task.progress(train_loader, master, f"epoch {epoch + 1}")):
+        # The loss sums of a resumed epoch are all-ranks totals, so rank 0 alone carries them.
+        train_loss_sum = torch.tensor(state["loss_sum"] if master else 0.0, device=device)
+        train_count = state["count"] if master else 0
+        batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
+        for i, (x, y) in enumerate(
+            task.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
+        ):
             x, y = x.to(device), y.to(device)
             last_micro_batch = (i + 1) % args.accumulate == 0
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
-            with model.no_sync() if ddp and not last_micro_batch else nullcontext():
+            no_sync = isinstance(model, DistributedDataParallel) and not last_micro_batch
+            with model.no_sync() if no_sync else nullcontext():
                 with autocast:
                     loss = F.cross_entropy(model(x), y)
                 scaler.scale(loss / args.accumulate).backward()
+            train_loss_sum += loss.detach() * y.numel()
+            train_count += y.numel()
             if last_micro_batch:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
-                steps += 1
-            train_loss_sum += loss.detach() * y.numel()
-            train_count += y.numel()
+                state["steps"] += 1
+                if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
+                    loss_sum, count = all_ranks_sum(train_loss_sum, train_count, ddp)
+                    state.update(epoch=epoch, batch=i + 1, loss_sum=loss_sum, count=count)
+                    save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
+                task.inject_fault("step", state["steps"])
         metrics = evaluate(model, val_loader, autocast, train_loss_sum, train_count, ddp)
-        history.append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
+        state["history"].append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
         if master:
             print(task.epoch_line(epoch + 1, metrics), flush=True)
+        state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, count=0)
+        save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
 
+    # A full (unsharded) copy of the weights: a gather under FSDP, so every rank takes part.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(raw_model, options=options)
     if master:
         record = task.RunRecord(
             runner="torch",
@@ -110,16 +152,41 @@ def main() -> None:
             global_batch_size=args.batch_size,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
-            optimizer_steps=steps,
+            optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
-            epochs=history,
+            epochs=state["history"],
         )
-        task.save_run(run_dir, record, raw_model)
+        task.save_run(run_dir, record, model_state)
     if ddp:
         # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the
         # last collective before teardown, which otherwise can deadlock at exit.
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_ranks_sum(loss_sum: torch.Tensor, count: int, ddp: bool) -> tuple[float, int]:
+    totals = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
+    if ddp:
+        dist.all_reduce(totals)
+    return totals[0].item(), int(totals[1].item())
+
+
+def save_checkpoint(
+    path: Path,
+    state: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    master: bool,
+) -> None:
+    """Model, optimizer, scaler and position: tensors and plain values, written atomically."""
+    # A full (unsharded) copy: a no-op for a plain or DDP model, a gather under FSDP.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    if master:
+        full = {**state, "model": model_state, "optimizer": optimizer_state,
+                "scaler": scaler.state_dict()}  # fmt: skip
+        task.save_checkpoint(path, full)
 
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

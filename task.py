@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -204,12 +205,26 @@ def next_run_dir(root: str | Path, runner: str) -> Path:
     return parent / f"version_{max(versions, default=-1) + 1}"
 
 
+def resolve_run_dir(run_dir: Path | None, runner: str, resume: bool) -> Path:
+    """The run directory: a new `runs/<runner>/version_N`, or the one given, never overwritten."""
+    if run_dir is None:
+        if resume:
+            raise UsageError("--resume continues the run in --run-dir: name that directory")
+        return next_run_dir("runs", runner)
+    check_run_dir(run_dir, resume)
+    return run_dir
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """An explicit run directory that already holds a finished run is never overwritten."""
-    if not resume and (run_dir / "model.pt").exists():
+    """An earlier run's files are never overwritten: finished runs stay, others need --resume."""
+    if (run_dir / "model.pt").exists():
         raise UsageError(
-            f"{run_dir} already holds a finished run (model.pt); "
-            "choose another run directory, or delete that one"
+            f"{run_dir} already holds a finished run (model.pt); choose another run directory"
+        )
+    if not resume and (run_dir / "checkpoints").exists():
+        raise UsageError(
+            f"{run_dir} holds an unfinished run; add --resume to continue it, "
+            "or choose another run directory"
         )
 
 
@@ -221,6 +236,9 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
+_writes: dict[str, int] = {}  # atomic writes per file name, for inject_fault
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write beside `path`, then rename: a kill leaves the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +246,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        _writes[path.name] = _writes.get(path.name, 0) + 1
+        inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -255,12 +275,50 @@ class RunRecord:
         return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
 
 
-def save_run(run_dir: Path, record: RunRecord, model: nn.Module) -> None:
-    """Rank 0's outputs: `metrics.json`, then the plain `state_dict` as `model.pt`."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tensor]) -> None:
+    """Rank 0's outputs: `metrics.json`, then the MLP's plain `state_dict` as `model.pt`."""
+    state = {k: v.detach().cpu().clone() for k, v in model_state.items()}
     text = json.dumps(record.to_json(), indent=2) + "\n"
     atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
     atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Tensors and plain values only (`weights_only`): a file that would run code is refused."""
+    if not path.is_file():
+        raise UsageError(f"no checkpoint to resume from at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, a truncated file's RuntimeError, EOFError...
+        raise UsageError(
+            f"{path} is not a loadable checkpoint ({type(err).__name__}: it is corrupt, or holds "
+            "objects that would run code when unpickled); remove it to resume from scratch"
+        ) from None
+
+
+def resume_line(path: Path, state: dict[str, Any]) -> str:
+    return (
+        f"resumed from {path}: epoch {state['epoch'] + 1}, batch {state['batch']}, "
+        f"optimizer step {state['steps']}"
+    )
+
+
+def inject_fault(point: str, count: int) -> None:
+    """Fault injection for the resume tests: TASK_FAULT=<point>:<count> kills rank 0 there.
+
+    SIGKILL, as `kill -9` from outside would: no cleanup, no atexit, no flushed buffers.
+    """
+    if os.environ.get("TASK_FAULT") == f"{point}:{count}" and rank() == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rank() -> int:
+    """This process's global rank, from the launcher's environment (0 when there is none)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +333,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit status 2. Under several processes only rank 0 speaks."""
-    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+    if rank() == 0:
         print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
