@@ -10,6 +10,7 @@ LightningDataModule that the Trainer runner uses, in a loop written by hand.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,10 @@ def parse_args() -> object:
     parser.add_argument("--num-nodes", type=task.positive_int, default=1)
     parser.add_argument("--strategy", default="auto", help="auto, ddp, deepspeed_stage_2, fsdp")
     parser.add_argument("--precision", choices=task.PRECISIONS, default=None, help="32-true")
+    parser.add_argument(
+        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 
@@ -61,7 +66,8 @@ def main() -> None:
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
         fabric.launch()  # starts the other processes when --devices > 1
     run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
-    task.check_run_dir(run_dir, resume=False)
+    task.check_run_dir(run_dir, args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
     fabric.seed_everything(args.seed)
     model = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
@@ -72,14 +78,23 @@ def main() -> None:
         data.train_dataloader(), data.val_dataloader()
     )
 
-    steps, start = 0, time.perf_counter()
-    for epoch in range(args.epochs):
-        # Fabric's loader calls sampler.set_epoch(epoch) itself on every new iteration.
+    # Where training stands: a checkpoint restores it exactly, mid-epoch included.
+    state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
+    if args.resume:
+        with task.loading_checkpoint(checkpoint_path):
+            progress = fabric.load(checkpoint_path, state)  # model and optimizer in place
+        model.load_progress_state(progress, fabric.global_rank)
+        fabric.print(task.resume_line(checkpoint_path, state))
+    # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
+    train_loader._num_iter_calls = state["epoch"]
+
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], args.epochs):
         fabric.call("on_train_epoch_start")
         model.train()
-        for i, batch in enumerate(
-            task.progress(train_loader, fabric.is_global_zero, f"epoch {epoch + 1}")
-        ):
+        batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
+        batches = task.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
+        for i, batch in enumerate(batches, start=state["batch"]):
             last_micro_batch = (i + 1) % args.accumulate == 0
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             with fabric.no_backward_sync(model, enabled=not last_micro_batch):
@@ -88,11 +103,15 @@ def main() -> None:
             if last_micro_batch:
                 optimizer.step()
                 optimizer.zero_grad()
-                steps += 1
+                state["steps"] += 1
+                if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
+                    state.update(epoch=epoch, batch=i + 1)
+                    fabric.save(checkpoint_path, {**state, **model.progress_state()})
+                task.inject_fault("step", state["steps"])
         validate(fabric, model, val_loader)
-        fabric.call(
-            "on_train_epoch_end"
-        )  # the module computes, prints and logs the epoch's metrics
+        fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
+        state.update(epoch=epoch + 1, batch=0)
+        fabric.save(checkpoint_path, {**state, **model.progress_state()})
 
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
     if fabric.is_global_zero:
@@ -105,7 +124,7 @@ def main() -> None:
             global_batch_size=args.batch_size,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
-            optimizer_steps=steps,
+            optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
             epochs=model.history,
         )

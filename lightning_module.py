@@ -99,11 +99,27 @@ class MLPClassifier(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
+    def progress_state(self) -> dict[str, Any]:
+        """Finished epochs and this epoch's running train-loss sums over every process.
+
+        For checkpoints. A collective under DDP: every rank must call it.
+        """
+        with self.train_loss.sync_context():
+            sums = [self.train_loss.mean_value.item(), self.train_loss.weight.item()]
+        return {"history": self.history, "train_loss_sums": sums}
+
+    def load_progress_state(self, state: dict[str, Any], rank: int) -> None:
+        self.history = state["history"]
+        self.train_loss.reset()
+        if rank == 0:  # the sums cover every rank: one rank carries them, the others start at 0
+            self.train_loss.mean_value += state["train_loss_sums"][0]
+            self.train_loss.weight += state["train_loss_sums"][1]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["history"] = self.history
+        checkpoint["progress"] = self.progress_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = checkpoint["history"]
+        self.load_progress_state(checkpoint["progress"], self.trainer.global_rank)
 
 
 class TaskCLI(LightningCLI):

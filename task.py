@@ -289,10 +289,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Tensors and plain values only (`weights_only`): a file that would run code is refused."""
-    if not path.is_file():
+    with loading_checkpoint(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def loading_checkpoint(path: Path) -> Iterator[None]:
+    """Turns a missing, corrupt or unsafe checkpoint into the contract's one-line error."""
+    if not path.exists():
         raise UsageError(f"no checkpoint to resume from at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        yield
     except Exception as err:  # UnpicklingError, a truncated file's RuntimeError, EOFError...
         raise UsageError(
             f"{path} is not a loadable checkpoint ({type(err).__name__}: it is corrupt, or holds "

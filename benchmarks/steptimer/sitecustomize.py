@@ -5,6 +5,11 @@ It does nothing unless COMPARE_STEP_LOG names a folder. Then, in every Python pr
 step hook, so that no runner has to be edited or re-launched differently, and writes those times,
 the process's peak RSS and its torch thread count to COMPARE_STEP_LOG/<pid>.json when it exits.
 Its cost is one `perf_counter()` and one list append per step, the same for every runner.
+
+With COMPARE_PROFILE=FIRST:LAST it also samples the main thread's Python stack every 1 ms of CPU
+time between optimizer steps FIRST and LAST (a statistical profile of the steady state; time spent
+inside torch's C++ counts for the Python line that called it). cProfile would instrument every
+call and inflate exactly the Python-heavy framework code this is meant to weigh.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import importlib.util
 import json
 import os
 import resource
+import signal
 import sys
 import time
+from types import FrameType
 
 
 def _install(folder: str) -> None:
@@ -33,6 +40,9 @@ def _install(folder: str) -> None:
             threads.append(torch.get_num_threads())
 
     register_optimizer_step_post_hook(on_step)
+    profile = _profiler(os.environ.get("COMPARE_PROFILE"), steps)
+    if profile is not None:
+        register_optimizer_step_post_hook(profile.on_step)
 
     def write() -> None:
         record = {
@@ -44,12 +54,55 @@ def _install(folder: str) -> None:
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "step_times": steps,
         }
+        if profile is not None:
+            record["profile"] = profile.result()
         path = os.path.join(folder, f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
 
     atexit.register(write)
+
+
+class _Sampler:
+    """Counts the stacks seen by a CPU-time timer signal between two optimizer steps."""
+
+    INTERVAL_S = 0.001
+
+    def __init__(self, first: int, last: int, steps: list[float]) -> None:
+        self.first, self.last, self.steps = first, last, steps
+        self.stacks: dict[tuple[str, ...], int] = {}
+
+    def on_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if len(self.steps) == self.first:
+            signal.signal(signal.SIGPROF, self.sample)
+            signal.setitimer(signal.ITIMER_PROF, self.INTERVAL_S, self.INTERVAL_S)
+        elif len(self.steps) == self.last:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+
+    def sample(self, signum: int, frame: FrameType | None) -> None:
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append(f"{code.co_filename}:{code.co_name}")
+            frame = frame.f_back
+        key = tuple(reversed(stack))
+        self.stacks[key] = self.stacks.get(key, 0) + 1
+
+    def result(self) -> dict[str, object]:
+        return {
+            "first_step": self.first,
+            "last_step": self.last,
+            "interval_s": self.INTERVAL_S,
+            "stacks": [[list(k), n] for k, n in self.stacks.items()],
+        }
+
+
+def _profiler(spec: str | None, steps: list[float]) -> _Sampler | None:
+    if not spec:
+        return None
+    first, last = (int(x) for x in spec.split(":"))
+    return _Sampler(first, last, steps)
 
 
 def _chain() -> None:
