@@ -12,6 +12,7 @@ LightningDataModule's loaders.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def parse_args() -> object:
         help="default: what `accelerate launch` or its config file says, else no",
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo)")
+    parser.add_argument(
+        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 
@@ -62,9 +67,8 @@ def main() -> None:
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
-    run_dir = [args.run_dir or task.next_run_dir("runs", "accelerate")]
+    run_dir = [task.resolve_run_dir(args.run_dir, "accelerate", args.resume)]
     run_dir = Path(broadcast_object_list(run_dir)[0])  # rank 0 picks the version
-    task.check_run_dir(run_dir, resume=False)
 
     set_seed(args.seed)
     module = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
@@ -73,12 +77,25 @@ def main() -> None:
         module, optimizer, data.train_dataloader(), data.val_dataloader()
     )
 
-    history, steps, start = [], 0, time.perf_counter()
-    for epoch in range(args.epochs):
+    # Where training stands; save_state stores it beside the model and optimizer.
+    state = Progress(epoch=0, batch=0, steps=0)
+    accelerator.register_for_checkpointing(state)
+    checkpoints = run_dir / "checkpoints"
+    if args.resume:
+        newest = newest_checkpoint(checkpoints)
+        with task.loading_checkpoint(newest):
+            accelerator.load_state(newest)
+        module.load_progress_state(state, accelerator.process_index)
+        accelerator.print(task.resume_line(newest, state))
+
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_loader, state["batch"])  # the trained ones
+        batches.set_epoch(epoch)
         model.train()
-        for x, y in task.progress(train_loader, accelerator.is_main_process, f"epoch {epoch + 1}"):
+        for x, y in task.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
             # Inside accumulate(), backward divides the loss by the steps and skips the gradient
             # all-reduce, and the prepared optimizer steps, until the last micro-batch.
             with accelerator.accumulate(model):
@@ -86,11 +103,20 @@ def main() -> None:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            steps += accelerator.sync_gradients
             module.train_loss.update(loss.detach(), weight=y.numel())
+            state["batch"] += 1
+            if accelerator.sync_gradients:
+                state["steps"] += 1
+                if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
+                    save_checkpoint(accelerator, checkpoints, state, module)
+                task.inject_fault("step", state["steps"])
         validate(model, module, val_loader)
-        history.append({**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start})
-        accelerator.print(task.epoch_line(epoch + 1, history[-1]))
+        module.history.append(
+            {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
+        )
+        accelerator.print(task.epoch_line(epoch + 1, metrics))
+        state.update(epoch=epoch + 1, batch=0)
+        save_checkpoint(accelerator, checkpoints, state, module)
 
     if accelerator.is_main_process:
         record = task.RunRecord(
@@ -102,15 +128,47 @@ def main() -> None:
             global_batch_size=args.batch_size,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
-            optimizer_steps=steps,
+            optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
-            epochs=history,
+            epochs=module.history,
         )
         task.save_run(run_dir, record, accelerator.unwrap_model(model).model.state_dict())
     # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
     # collective before teardown, which otherwise can deadlock at exit (seen: ~1 run in 10).
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+class Progress(dict):
+    """Position, finished epochs and running train-loss sums, as a checkpointable object."""
+
+    def state_dict(self) -> dict:
+        return dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.update(state)
+
+
+def save_checkpoint(
+    accelerator: Accelerator, checkpoints: Path, state: Progress, module: MLPClassifier
+) -> None:
+    """save_state into a hidden folder, renamed when every rank has written: complete or absent."""
+    state.update(module.progress_state())  # a collective: every rank takes part
+    final = checkpoints / f"step_{state['steps']:06d}"
+    partial = checkpoints / f".partial_{final.name}"
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        task.inject_fault("checkpoint", state["steps"])
+        for old in sorted(checkpoints.glob("step_*"))[:-1]:  # the newest is whole: drop the rest
+            shutil.rmtree(old)
+
+
+def newest_checkpoint(checkpoints: Path) -> Path:
+    complete = sorted(checkpoints.glob("step_*"))
+    return complete[-1] if complete else checkpoints / "step_*"
 
 
 @torch.no_grad()

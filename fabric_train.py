@@ -84,6 +84,8 @@ def main() -> None:
         with task.loading_checkpoint(checkpoint_path):
             progress = fabric.load(checkpoint_path, state)  # model and optimizer in place
         model.load_progress_state(progress, fabric.global_rank)
+        for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
+            fabric.log_dict(metrics)
         fabric.print(task.resume_line(checkpoint_path, state))
     # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
     train_loader._num_iter_calls = state["epoch"]
