@@ -111,9 +111,8 @@ def main() -> None:
                     save_checkpoint(accelerator, checkpoints, state, module)
                 task.inject_fault("step", state["steps"])
         validate(model, module, val_loader)
-        module.history.append(
-            {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
-        )
+        metrics = {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
+        module.history.append(metrics)
         accelerator.print(task.epoch_line(epoch + 1, metrics))
         state.update(epoch=epoch + 1, batch=0)
         save_checkpoint(accelerator, checkpoints, state, module)
