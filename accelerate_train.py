@@ -158,9 +158,9 @@ def save_checkpoint(
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        task.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        task.inject_fault("checkpoint", state["steps"])
         for old in sorted(checkpoints.glob("step_*"))[:-1]:  # the newest is whole: drop the rest
             shutil.rmtree(old)
 

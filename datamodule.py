@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 import task
+
+# torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
+warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -48,7 +54,19 @@ class TaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = task.EpochShuffleSampler(self.train_set, seed=self.hparams.seed)
-        return DataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)
+        if self.trainer is not None:
+            # A Trainer that resumes mid-epoch fast-forwards this loader's sampler as soon as it
+            # is built, before it sets the sampler's epoch: so start it at the current epoch, and
+            # under DDP build the DistributedSampler here rather than let the Trainer swap it in.
+            if self.trainer.world_size > 1:
+                sampler = DistributedSampler(
+                    self.train_set, self.trainer.world_size, self.trainer.global_rank,
+                    seed=self.hparams.seed,
+                )  # fmt: skip
+            sampler.set_epoch(self.trainer.current_epoch)
+        # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
+        # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
+        return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.micro_batch_size)

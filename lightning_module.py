@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import ActionConfigFile
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -85,6 +86,12 @@ class MLPClassifier(L.LightningModule):
             metric.reset()
         return metrics
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        task.inject_fault("step", self.trainer.global_step)  # for the resume tests
+
+    def on_train_start(self) -> None:
+        self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts its clock here
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 
@@ -132,6 +139,10 @@ class TaskCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Checkpoints at each epoch's end, or every N steps (--checkpoint.every_n_train_steps N),
+        # and always last.ckpt: resume with --ckpt_path last and the same logger version.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
         # One seed for everything: the data, the initial weights and the data order.
         parser.link_arguments("seed_everything", "data.seed")
         parser.link_arguments("data.num_features", "model.num_features")
@@ -146,7 +157,13 @@ class TaskCLI(LightningCLI):
         task.check_strategy(str(trainer.strategy), on_cuda)
 
     def before_fit(self) -> None:
-        task.check_run_dir(Path(self.trainer.log_dir), resume=False)
+        run_dir, ckpt_path = Path(self.trainer.log_dir), self.config.fit.ckpt_path
+        task.check_run_dir(run_dir, resume=ckpt_path is not None)
+        if ckpt_path is not None:
+            # Refuse a missing, corrupt or unsafe checkpoint here, in one line, not mid-fit.
+            path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+            with task.loading_checkpoint(path):
+                torch.load(path, map_location="cpu", weights_only=True)
         self._start = time.perf_counter()
 
     def after_fit(self) -> None:
@@ -188,6 +205,7 @@ def main() -> None:
         MLPClassifier,
         TaskDataModule,
         seed_everything_default=task.SEED,
+        save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
         trainer_defaults={
             "max_epochs": task.EPOCHS,
             "logger": {
