@@ -46,6 +46,7 @@ def devices(text: str) -> int | str:
 
 def main() -> None:
     args = parse_args()
+    task.check_devices(args.accelerator, args.devices)
     on_cuda = task.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
     task.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
     task.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)

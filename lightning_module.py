@@ -26,9 +26,11 @@ from tqdm import tqdm
 import task
 from datamodule import TaskDataModule
 
-# Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json has the seed.
+# Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
+# seed and the device. Bad input then leaves one line on stderr, as the contract asks.
+_NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: not record.getMessage().startswith("💡 Tip")
+    lambda record: not record.getMessage().startswith(_NOISE)
 )
 logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -151,6 +153,7 @@ class TaskCLI(LightningCLI):
         trainer = self.config[self.subcommand].trainer
         if trainer.max_epochs is None or trainer.max_epochs < 1:
             raise task.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
+        task.check_devices(str(trainer.accelerator), trainer.devices)
         on_cuda = task.cuda_requested(str(trainer.accelerator))
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
         task.check_precision(str(trainer.precision), on_cuda)

@@ -127,6 +127,19 @@ def cuda_requested(accelerator: str) -> bool:
     return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def check_devices(accelerator: str, devices: int | str) -> None:
+    """Refuse GPUs that are not there, before a framework fails on them with a traceback."""
+    if accelerator not in ("cuda", "gpu"):
+        return
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise UsageError(
+            f"accelerator {accelerator} asked for, but no CUDA GPU is visible; use cpu"
+        )
+    if isinstance(devices, int) and devices > visible:
+        raise UsageError(f"{devices} GPUs asked for, but {visible} are visible")
+
+
 def check_precision(precision: str, on_cuda: bool) -> None:
     """fp16 autocast needs CUDA; the frameworks would swap in bf16 or ignore it: refuse instead."""
     if precision.startswith("16") and not on_cuda:
