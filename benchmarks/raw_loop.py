@@ -11,6 +11,7 @@ collate. One process, fp32, no accumulation, no progress bar, no checkpoint.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,9 @@ def main() -> None:
         wall_clock_s=time.perf_counter() - start,
         epochs=history,
     )
-    task.save_run(run_dir, record, model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    torch.save(model.state_dict(), run_dir / "model.pt")
 
 
 @torch.no_grad()

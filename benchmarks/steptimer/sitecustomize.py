@@ -6,10 +6,11 @@ step hook, so that no runner has to be edited or re-launched differently, and wr
 the process's peak RSS and its torch thread count to COMPARE_STEP_LOG/<pid>.json when it exits.
 Its cost is one `perf_counter()` and one list append per step, the same for every runner.
 
-With COMPARE_PROFILE=FIRST:LAST it also samples the main thread's Python stack every 1 ms of CPU
+With COMPARE_PROFILE=FIRST:LAST it also samples the main thread's Python stack every 1 ms of wall
 time between optimizer steps FIRST and LAST (a statistical profile of the steady state; time spent
-inside torch's C++ counts for the Python line that called it). cProfile would instrument every
-call and inflate exactly the Python-heavy framework code this is meant to weigh.
+inside torch's C++ counts for the Python line that called it). Wall time (SIGALRM), because a
+CPU-time timer fired only ~150 times a second here, too coarse for 1 ms steps. cProfile would
+instrument every call and inflate exactly the Python-heavy framework code this is meant to weigh.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _install(folder: str) -> None:
 
 
 class _Sampler:
-    """Counts the stacks seen by a CPU-time timer signal between two optimizer steps."""
+    """Counts the stacks seen by a wall-clock timer signal between two optimizer steps."""
 
     INTERVAL_S = 0.001
 
@@ -75,10 +76,10 @@ class _Sampler:
 
     def on_step(self, optimizer: object, args: object, kwargs: object) -> None:
         if len(self.steps) == self.first:
-            signal.signal(signal.SIGPROF, self.sample)
-            signal.setitimer(signal.ITIMER_PROF, self.INTERVAL_S, self.INTERVAL_S)
+            signal.signal(signal.SIGALRM, self.sample)
+            signal.setitimer(signal.ITIMER_REAL, self.INTERVAL_S, self.INTERVAL_S)
         elif len(self.steps) == self.last:
-            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
 
     def sample(self, signum: int, frame: FrameType | None) -> None:
         stack = []

@@ -1,0 +1,738 @@
+"""What each framework adds per optimizer step, and where that stops mattering.
+
+    python benchmarks/overhead.py                 # everything: about 15 minutes on 2 cores
+    python benchmarks/overhead.py --quick         # fewer points and repeats: about 3 minutes
+    python benchmarks/overhead.py --sections headline profile
+
+Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
+for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
+process. Runs are interleaved: each repeat runs every configuration once, its runners in an order
+rotated from one repeat to the next, so that a slow minute on the machine hits all of them.
+
+Sections:
+  headline  the default task (width 32, 1000 samples, 5 epochs): the four runners and the
+            raw-tensor loop (benchmarks/raw_loop.py): steady-state time per step, ratios,
+            start-up (command start to the end of the first step), peak memory.
+  width     hidden width 32 .. 65536: where the framework's per-step cost stops mattering.
+  samples   1k .. 100k samples: whole-command time, start-up included.
+  ddp       plain PyTorch with 1 process, 1 process x 2 threads and 2 processes, per width:
+            where DDP starts to pay; and every runner with 2 processes at the default width.
+  profile   a sampled profile of each runner's steady state: where a step's time goes.
+
+Writes reports/benchmark-<timestamp>/ (or --out): results.md, results.json and PNG plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import sysconfig
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+import compare
+import task
+
+RUNNERS = ("raw", "torch", "fabric", "accelerate", "lightning")
+FRAMEWORKS = ("fabric", "accelerate", "lightning")
+SECTIONS = ("headline", "width", "samples", "ddp", "profile")
+# Targets from the issue: per-step time against plain PyTorch at the default task.
+TARGETS = {"fabric": 1.2, "accelerate": 1.5, "lightning": 2.0}
+PLAIN_VS_RAW_TARGET = 1.25
+WIDE_TARGET = 1.1
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of the task, run by one runner."""
+
+    section: str
+    runner: str
+    width: int = task.HIDDEN_DIM
+    samples: int = task.NUM_SAMPLES
+    epochs: int = task.EPOCHS
+    processes: int = 1
+    threads: int = 1
+
+    def config(self, **change: Any) -> Point:
+        """The same configuration for another runner (or other fields): for pairing ratios."""
+        return dataclasses.replace(self, **change)
+
+    @property
+    def key(self) -> str:
+        return (
+            f"{self.section}/w{self.width}-n{self.samples}-e{self.epochs}"
+            f"-p{self.processes}-t{self.threads}"
+        )
+
+
+@dataclass
+class BenchRun(compare.Run):
+    point: Point | None = None
+    repeat: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+# ---------------------------------------------------------------------------------------------
+def points(section: str, quick: bool) -> list[Point]:
+    if section == "headline":
+        return [Point(section, r) for r in RUNNERS]
+    if section == "width":
+        widths = (32, 16384) if quick else (32, 512, 4096, 16384, 65536)
+        return [Point(section, r, width=w, epochs=3) for w in widths for r in RUNNERS]
+    if section == "samples":
+        sizes = (1000, 10000) if quick else (1000, 10000, 100000)
+        return [Point(section, r, samples=n, epochs=2) for n in sizes for r in RUNNERS]
+    if section == "ddp":
+        widths = (32, 16384) if quick else (32, 1024, 8192, 65536)
+        shapes = ((1, 1), (2, 1)) if quick else ((1, 1), (1, 2), (2, 1))
+        plain = [
+            Point(section, "torch", width=w, epochs=3, processes=p, threads=t)
+            for w in widths
+            for p, t in shapes
+        ]
+        every = [] if quick else [Point(section, r, epochs=3, processes=2) for r in FRAMEWORKS]
+        return plain + every
+    if section == "profile":
+        return [Point(section, r, samples=PROFILE_SAMPLES[quick], epochs=2) for r in RUNNERS]
+    raise ValueError(section)
+
+
+PROFILE_SAMPLES = {False: 64000, True: 16000}
+
+
+def profile_window(point: Point) -> str:
+    """Optimizer steps to sample between: inside the last epoch, clear of its ends."""
+    per_epoch = (point.samples - round(task.VAL_FRACTION * point.samples)) // 32
+    margin = per_epoch // 16
+    return f"{per_epoch * (point.epochs - 1) + margin}:{per_epoch * point.epochs - margin}"
+
+
+def plan(sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Path) -> list:
+    """Each repeat runs every configuration once; runners rotate their order per repeat."""
+    runs = []
+    for repeat in range(max(repeats[s] for s in sections)):
+        for section in sections:
+            if repeat >= repeats[section]:
+                continue
+            by_config: dict[Point, list[Point]] = defaultdict(list)
+            for p in points(section, quick):
+                by_config[p.config(runner="")].append(p)
+            for group in by_config.values():
+                shift = repeat % len(group)
+                runs += [make_run(p, repeat, out) for p in group[shift:] + group[:shift]]
+    return runs
+
+
+def make_run(point: Point, repeat: int, out: Path) -> BenchRun:
+    where = f"{point.key}/r{repeat}/{point.runner}"
+    env = {"COMPARE_PROFILE": profile_window(point)} if point.section == "profile" else {}
+    return BenchRun(
+        runner=point.runner,
+        mode=compare.Mode(point.processes),
+        settings=compare.TaskSettings(
+            epochs=point.epochs, num_samples=point.samples, hidden_dim=point.width
+        ),
+        run_dir=out / "runs" / where,
+        log_dir=out / "logs" / where,
+        threads=point.threads,
+        env=env,
+        point=point,
+        repeat=repeat,
+    )
+
+
+class Progress(compare.PlainProgress):
+    """One overall bar on a terminal (a bar per run would be hundreds); plain lines otherwise."""
+
+    def __init__(self, runs: Sequence[compare.Run]) -> None:
+        super().__init__(runs)
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            from rich.progress import TextColumn as Text
+
+            self.bar = Progress(
+                Text("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.task = self.bar.add_task("benchmark", total=len(runs))
+
+    def __enter__(self) -> Progress:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def start(self, run: compare.Run) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=f"{run.point.key} {run.runner}")
+        else:
+            super().start(run)
+
+    def finish(self, run: compare.Run) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+            if run.exit_code != 0:
+                self.bar.console.print(f"[red]{run.name} failed (exit {run.exit_code})")
+        else:
+            super().finish(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+def record(run: BenchRun) -> dict[str, Any]:
+    """One run's figures, flat: what the tables and plots are made of."""
+    rec = dataclasses.asdict(run.point) | {"repeat": run.repeat, "ok": run.ok}
+    rec |= {"exit_code": run.exit_code, "total_s": run.wall_s, "log_dir": str(run.log_dir)}
+    if run.max_rss_kib:
+        rec["peak_rss_mib"] = run.max_rss_kib / 1024
+    if run.metrics:
+        rec["train_s"] = run.metrics["wall_clock_s"]
+    if run.steps:
+        rec["startup_s"] = run.steps["startup_s"]
+        rec["threads_seen"] = run.steps["threads"]
+        if (q := run.steps["steady_step_s"]) is not None:
+            rec |= {"step_us": q["median"] * 1e6, "step_p25_us": q["p25"] * 1e6}
+            rec |= {"step_p75_us": q["p75"] * 1e6, "steps_timed": q["n"]}
+    if run.point.section == "profile" and (prof := read_profile(run)):
+        rec["profile"] = prof
+    return rec
+
+
+def read_profile(run: BenchRun) -> dict[str, Any] | None:
+    """Rank 0's sampled stacks, turned into µs per step by area and by framework function."""
+    logs = [json.loads(p.read_text()) for p in (run.log_dir / "steps").glob("*.json")]
+    logs = [r for r in logs if r.get("profile")]
+    if not logs:
+        return None
+    log, prof = logs[0], logs[0]["profile"]
+    times = log["step_times"]
+    first, last = prof["first_step"], prof["last_step"]
+    step_us = (times[last - 1] - times[first - 1]) / (last - first) * 1e6  # mean, window only
+    stacks = [(frames, n) for frames, n in prof["stacks"]]
+    total = sum(n for _, n in stacks)
+    areas: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    for frames, n in stacks:
+        areas[area_of(frames)] += n
+        for name in {short(f) for f in frames if framework_frame(f)}:
+            functions[name] += n  # inclusive: a function counts once per sample it is in
+    return {
+        "samples": total,
+        "step_us": step_us,
+        "areas_us": {a: n / total * step_us for a, n in areas.most_common()},
+        "top_framework_functions_us": {
+            f: n / total * step_us for f, n in functions.most_common(12)
+        },
+    }
+
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+AREAS = (  # (path fragment, area); the first fragment found in a frame's file wins
+    ("/torchmetrics/", "torchmetrics"),
+    ("/lightning/pytorch/", "lightning.pytorch"),
+    ("/lightning/fabric/", "lightning.fabric"),
+    ("/lightning_utilities/", "lightning.pytorch"),
+    ("/accelerate/", "accelerate"),
+    ("/torch/utils/data/", "torch DataLoader"),
+    ("/torch/optim/", "torch optimizer step"),
+    ("/torch/autograd/", "torch backward"),
+    ("/torch/nn/", "torch forward (nn)"),
+    ("/torch/", "torch, other"),
+    ("/steptimer/", "step timer"),
+)
+AREA_ORDER = (
+    "torch forward (nn)", "torch backward", "torch optimizer step", "torch DataLoader",
+    "torch, other", "runner code", "torchmetrics", "lightning.fabric", "lightning.pytorch",
+    "accelerate", "step timer", "other",
+)  # fmt: skip
+
+
+# nn.Module attribute bookkeeping: counted for whoever sets or reads the attribute.
+BOOKKEEPING = tuple(
+    f"/torch/nn/{name}"
+    for name in (
+        "modules/module.py:__setattr__",
+        "modules/module.py:__getattr__",
+        "modules/module.py:__delattr__",
+        "parameter.py:__instancecheck__",
+    )
+)
+
+
+def area_of(frames: Sequence[str]) -> str:
+    """Where a sample's time goes: the innermost frame outside the standard library.
+
+    Time in torch's C++ counts for the Python frame that called it, so `loss.backward()`
+    lands in torch backward, `model(x)` in torch forward; a framework setting attributes on
+    its nn.Module lands in the framework.
+    """
+    for frame in reversed(frames):
+        path, _, func = frame.rpartition(":")
+        if path.startswith("<") or (path.startswith(STDLIB) and "site-packages" not in path):
+            continue
+        if frame.endswith(BOOKKEEPING):
+            continue
+        if path.endswith("torch/_tensor.py") and func == "backward":
+            return "torch backward"
+        for fragment, name in AREAS:
+            if fragment in path:
+                return name
+        return "runner code" if path.startswith(str(compare.ROOT)) else "other"
+    return "other"
+
+
+def framework_frame(frame: str) -> bool:
+    return any(p in frame for p in ("/lightning/", "/accelerate/", "/torchmetrics/"))
+
+
+def short(frame: str) -> str:
+    path, _, func = frame.rpartition(":")
+    return f"{path.split('site-packages/')[-1]}:{func}"
+
+
+def spread(values: Iterable[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
+
+class Results:
+    """The records, grouped by configuration, with paired ratios (same repeat, same config)."""
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records = records
+        self.by_point: dict[Point, list[dict[str, Any]]] = defaultdict(list)
+        for rec in records:
+            if rec["ok"]:
+                self.by_point[point_of(rec)].append(rec)
+
+    def stat(self, point: Point, field: str) -> dict[str, float] | None:
+        values = [r[field] for r in self.by_point.get(point, []) if field in r]
+        return spread(values) if values else None
+
+    def ratio(self, point: Point, reference: Point, field: str = "step_us") -> dict | None:
+        ref = {r["repeat"]: r[field] for r in self.by_point.get(reference, []) if field in r}
+        values = [
+            r[field] / ref[r["repeat"]]
+            for r in self.by_point.get(point, [])
+            if field in r and r["repeat"] in ref
+        ]
+        return spread(values) if values else None
+
+
+def point_of(rec: dict[str, Any]) -> Point:
+    return Point(**{f.name: rec[f.name] for f in dataclasses.fields(Point)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def fmt(stat: dict[str, float] | None, digits: int = 0, bounds: bool = True) -> str:
+    if stat is None:
+        return "–"
+    text = f"{stat['median']:.{digits}f}"
+    if bounds and stat["min"] != stat["max"]:
+        text += f" ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+    return text
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    return compare.markdown_table([dict(zip(header, r, strict=True)) for r in rows], header)
+
+
+def headline_section(res: Results) -> tuple[str, list[str]]:
+    base = Point("headline", "torch")
+    rows = []
+    for runner in RUNNERS:
+        p = base.config(runner=runner)
+        rows.append(
+            [
+                runner,
+                fmt(res.stat(p, "step_us")),
+                fmt(res.ratio(p, base), 2),
+                fmt(res.stat(p, "startup_s"), 1),
+                fmt(res.stat(p, "total_s"), 1),
+                fmt(res.stat(p, "peak_rss_mib"), 0, bounds=False),
+            ]
+        )
+    header = ("runner", "µs/step", "× plain PyTorch", "start-up s", "total s", "peak RSS MiB")
+    verdicts = []
+    if plain := res.ratio(base, base.config(runner="raw")):
+        verdicts.append(target_line("plain PyTorch vs raw-tensor loop", plain, PLAIN_VS_RAW_TARGET))
+    for runner, limit in TARGETS.items():
+        if r := res.ratio(base.config(runner=runner), base):
+            verdicts.append(target_line(f"{runner} vs plain PyTorch", r, limit))
+    return table(header, rows), verdicts
+
+
+def target_line(what: str, ratio: dict[str, float], limit: float) -> str:
+    met = "met" if ratio["median"] <= limit else "MISSED"
+    return f"{what}: {fmt(ratio, 2)} (target ≤ {limit}): {met}"
+
+
+def width_section(res: Results) -> tuple[str, list[str]]:
+    widths = sorted({p.width for p in res.by_point if p.section == "width"})
+    header = ["width", "parameters"] + [f"{r} µs" for r in RUNNERS]
+    header += [f"{r} ×" for r in RUNNERS if r != "torch"]
+    rows, verdicts = [], []
+    for w in widths:
+        base = Point("width", "torch", width=w, epochs=3)
+        row = [str(w), f"{(task.NUM_FEATURES + 1) * w + (w + 1) * task.NUM_CLASSES:,}"]
+        row += [fmt(res.stat(base.config(runner=r), "step_us"), bounds=False) for r in RUNNERS]
+        ratios = {r: res.ratio(base.config(runner=r), base) for r in RUNNERS if r != "torch"}
+        row += [fmt(x, 2, bounds=False) for x in ratios.values()]
+        rows.append(row)
+    if widths:
+        w = widths[-1]
+        base = Point("width", "torch", width=w, epochs=3)
+        for r in FRAMEWORKS:
+            if ratio := res.ratio(base.config(runner=r), base):
+                verdicts.append(target_line(f"width {w}: {r} vs plain PyTorch", ratio, WIDE_TARGET))
+    return table(header, rows), verdicts
+
+
+def samples_section(res: Results) -> str:
+    sizes = sorted({p.samples for p in res.by_point if p.section == "samples"})
+    header = ["samples"] + [f"{r} s" for r in RUNNERS] + [f"{r} ×" for r in FRAMEWORKS]
+    rows = []
+    for n in sizes:
+        base = Point("samples", "torch", samples=n, epochs=2)
+        row = [f"{n:,}"]
+        row += [fmt(res.stat(base.config(runner=r), "total_s"), 1, False) for r in RUNNERS]
+        row += [
+            fmt(res.ratio(base.config(runner=r), base, "total_s"), 2, False) for r in FRAMEWORKS
+        ]
+        rows.append(row)
+    return table(header, rows)
+
+
+def ddp_section(res: Results) -> tuple[str, str]:
+    widths = sorted({p.width for p in res.by_point if p.section == "ddp" and p.runner == "torch"})
+    header = [
+        "width",
+        "1 process µs",
+        "1 process × 2 threads µs",
+        "2 processes µs",
+        "2 processes: speed-up",
+        "2 threads: speed-up",
+    ]
+    rows = []
+    for w in widths:
+        one = Point("ddp", "torch", width=w, epochs=3)
+        threads, two = one.config(threads=2), one.config(processes=2)
+        speed_two, speed_threads = res.ratio(one, two), res.ratio(one, threads)
+        times = [fmt(res.stat(p, "step_us"), bounds=False) for p in (one, threads, two)]
+        rows.append([str(w), *times, fmt(speed_two, 2, False), fmt(speed_threads, 2, False)])
+    header2 = ("runner", "2 processes µs/step", "× plain PyTorch", "start-up s", "total s")
+    rows2 = []
+    base = Point("ddp", "torch", epochs=3, processes=2)
+    for runner in ("torch", *FRAMEWORKS):
+        p = base.config(runner=runner)
+        if p in res.by_point:
+            rows2.append(
+                [
+                    runner,
+                    fmt(res.stat(p, "step_us"), bounds=False),
+                    fmt(res.ratio(p, base), 2, False),
+                    fmt(res.stat(p, "startup_s"), 1, False),
+                    fmt(res.stat(p, "total_s"), 1, False),
+                ]
+            )
+    return table(header, rows), table(header2, rows2) if len(rows2) > 1 else ""
+
+
+def profile_section(res: Results) -> str:
+    profiles = {
+        r["runner"]: r["profile"]
+        for r in res.records
+        if r["section"] == "profile" and "profile" in r
+    }
+    if not profiles:
+        return ""
+    runners = [r for r in RUNNERS if r in profiles]
+    header = ["µs per step", *runners]
+    rows = []
+    for a in AREA_ORDER:
+        if any(profiles[r]["areas_us"].get(a, 0) >= 0.5 for r in runners):
+            rows.append([a] + [f"{profiles[r]['areas_us'].get(a, 0):.0f}" for r in runners])
+    rows.append(["**total (mean step)**"] + [f"{profiles[r]['step_us']:.0f}" for r in runners])
+    text = table(header, rows)
+    for r in (x for x in runners if x in FRAMEWORKS):
+        top = profiles[r]["top_framework_functions_us"]
+        text += f"\n\n{r}: framework functions on the stack (inclusive µs per step)\n\n"
+        text += table(("function", "µs"), [[f"`{f}`", f"{us:.0f}"] for f, us in top.items()])
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+COLORS = {
+    "raw": "#7f7f7f",
+    "torch": "#1f77b4",
+    "fabric": "#9467bd",
+    "accelerate": "#ff7f0e",
+    "lightning": "#2ca02c",
+}
+
+
+def plot_headline(res: Results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    base = Point("headline", "torch")
+    stats = [(r, res.stat(base.config(runner=r), "step_us")) for r in RUNNERS]
+    stats = [(r, s) for r, s in stats if s]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for i, (r, s) in enumerate(stats):
+        err = [[s["median"] - s["min"]], [s["max"] - s["median"]]]
+        ax.barh(i, s["median"], xerr=err, color=COLORS[r], capsize=3)
+        ratio = res.ratio(base.config(runner=r), base)
+        label = f"{s['median']:.0f} µs" + (f"  ×{ratio['median']:.2f}" if ratio else "")
+        ax.text(s["max"] * 1.02, i, label, va="center", fontsize=8)
+    ax.set_yticks(range(len(stats)), [r for r, _ in stats])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(s["max"] for _, s in stats) * 1.35)
+    ax.set(
+        xlabel="µs per optimizer step (median over repeats, bars: min–max)",
+        title="Default task, one process, one thread: time per step",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_width(res: Results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    widths = sorted({p.width for p in res.by_point if p.section == "width"})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for r in RUNNERS:
+        pts = [(w, Point("width", r, width=w, epochs=3)) for w in widths]
+        base = {w: Point("width", "torch", width=w, epochs=3) for w in widths}
+        step = [(w, s["median"]) for w, p in pts if (s := res.stat(p, "step_us"))]
+        ratio = [(w, x["median"]) for w, p in pts if (x := res.ratio(p, base[w]))]
+        if step:
+            left.plot(*zip(*step, strict=True), "o-", color=COLORS[r], label=r)
+        if ratio and r != "torch":
+            right.plot(*zip(*ratio, strict=True), "o-", color=COLORS[r], label=r)
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="hidden width",
+        ylabel="µs per step",
+        title="Time per step",
+    )
+    right.axhline(1.0, color=COLORS["torch"], lw=1)
+    right.axhline(WIDE_TARGET, color="k", ls=":", lw=1, label=f"×{WIDE_TARGET}")
+    right.set(
+        xscale="log",
+        xlabel="hidden width",
+        ylabel="× plain PyTorch",
+        title="Cost against plain PyTorch",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_samples(res: Results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({p.samples for p in res.by_point if p.section == "samples"})
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for r in RUNNERS:
+        stats = [(n, res.stat(Point("samples", r, samples=n, epochs=2), "total_s")) for n in sizes]
+        pts = [(n, s["median"]) for n, s in stats if s]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=COLORS[r], label=r)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="samples (2 epochs)",
+        ylabel="whole command, s",
+        title="Start-up included: total time",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_ddp(res: Results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    widths = sorted({p.width for p in res.by_point if p.section == "ddp" and p.runner == "torch"})
+    shapes = {(1, 1): "1 process", (1, 2): "1 process × 2 threads", (2, 1): "2 processes (DDP)"}
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (procs, threads), label in shapes.items():
+        config = Point("ddp", "torch", epochs=3, processes=procs, threads=threads)
+        stats = [(w, res.stat(config.config(width=w), "step_us")) for w in widths]
+        pts = [(w, s["median"]) for w, s in stats if s]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", label=label)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="hidden width",
+        ylabel="µs per optimizer step",
+        title="Plain PyTorch on 2 cores: where DDP pays",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_profile(res: Results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    profiles = {r["runner"]: r["profile"] for r in res.records if "profile" in r}
+    runners = [r for r in RUNNERS if r in profiles]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(runners) + 1.6))
+    cmap = plt.get_cmap("tab20")
+    for i, r in enumerate(runners):
+        left = 0.0
+        for j, a in enumerate(AREA_ORDER):
+            us = profiles[r]["areas_us"].get(a, 0)
+            ax.barh(i, us, left=left, color=cmap(j), label=a if i == 0 else None)
+            left += us
+    ax.set_yticks(range(len(runners)), runners)
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="µs per optimizer step (sampled profile, steady state)",
+        title="Where a step's time goes",
+    )
+    ax.legend(fontsize=6, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> Any:
+    parser = task.ArgumentParser(description="Measure the cost each framework adds per step.")
+    parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--repeats", type=task.positive_int, help="headline repeats (default 5)")
+    parser.add_argument("--timeout", type=task.positive_float, default=600, help="s per run")
+    parser.add_argument("--out", type=Path, help="default: reports/benchmark-<timestamp>")
+    args = parser.parse_args(argv)
+    if args.out is not None and (args.out / "results.json").exists():
+        parser.error(f"{args.out} already holds results; choose another --out")
+    if args.out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = compare.ROOT / "reports" / f"benchmark-{stamp}"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    headline = args.repeats or (2 if args.quick else 5)
+    sweep = 1 if args.quick else 2
+    repeats = {"headline": headline, "width": sweep, "samples": sweep, "ddp": sweep, "profile": 1}
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.sections, repeats, args.quick, out)
+    started, machine = time.perf_counter(), compare.machine()
+    compare.execute(runs, timeout=args.timeout, display=Progress(runs))
+    for run in runs:
+        compare.collect(run)
+    res = Results([record(r) for r in runs])
+    machine["load_average_after"] = compare.machine()["load_average"]
+    text = report(res, args, machine, time.perf_counter() - started, out)
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "command": compare.shown(
+                    ["python", "benchmarks/overhead.py", *(argv or sys.argv[1:])]
+                ),
+                "machine": machine,
+                "repeats": repeats,
+                "records": res.records,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "results.md").write_text(text)
+    print(text)
+    print(f"Results: {out}/results.md")
+    failed = [r for r in runs if not r.ok]
+    for run in failed:
+        print(f"FAILED: {run.name} at {run.point.key}: see {run.log_dir}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def report(res: Results, args: Any, machine: dict, elapsed: float, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    text = [
+        "# Framework overhead benchmark",
+        "",
+        f"{machine['cpu']} × {machine['cpu_count']}, {machine['platform']}, Python "
+        f"{machine['python']}, {versions}; commit {machine['commit']}; 1 thread per process "
+        f"unless said; load average before {machine['load_average'][0]:.1f}, after "
+        f"{machine['load_average_after'][0]:.1f}; {elapsed / 60:.1f} min.",
+        "",
+        "µs/step: median over the steady-state steps of a run (first epoch excluded), then the "
+        "median over repeats (min–max in brackets). Ratios are paired: each repeat's run against "
+        "plain PyTorch's run of the same repeat.",
+    ]
+    sections = set(args.sections)
+    if "headline" in sections:
+        body, verdicts = headline_section(res)
+        plot_headline(res, out / "headline.png")
+        text += ["", "## Default task", "", body, "", *[f"- {v}" for v in verdicts]]
+        text += ["", "![time per step](headline.png)"]
+    if "width" in sections:
+        body, verdicts = width_section(res)
+        plot_width(res, out / "width.png")
+        text += ["", "## Model width (1000 samples, 3 epochs)", "", body, ""]
+        text += [*[f"- {v}" for v in verdicts], "", "![width sweep](width.png)"]
+    if "samples" in sections:
+        plot_samples(res, out / "samples.png")
+        text += ["", "## Data set size (width 32, 2 epochs): whole command, start-up included"]
+        text += ["", samples_section(res), "", "![samples sweep](samples.png)"]
+    if "ddp" in sections:
+        plain, every = ddp_section(res)
+        plot_ddp(res, out / "ddp.png")
+        text += ["", "## 1 process against 2 (plain PyTorch, 1000 samples, 3 epochs)", "", plain]
+        text += ["", "![ddp](ddp.png)"]
+        if every:
+            text += ["", "Every runner with 2 processes, default width:", "", every]
+    if "profile" in sections and (body := profile_section(res)):
+        plot_profile(res, out / "profile.png")
+        text += ["", "## Where a step's time goes (sampled profile, steady state)", "", body]
+        text += ["", "![profile](profile.png)"]
+    return "\n".join(text) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""compare.py end to end, through the real entry points, on a small task (320 samples)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import compare  # noqa: E402
+from benchmarks import overhead  # noqa: E402
+
+SMALL = ["--epochs", "2", "--num-samples", "320"]  # 256 training samples: 8 steps per epoch
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_compare(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    return subprocess.run(
+        [sys.executable, "compare.py", *args],
+        cwd=ROOT,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def load_state(run: dict) -> dict[str, torch.Tensor]:
+    return torch.load(Path(run["run_dir"]) / "model.pt", weights_only=True)
+
+
+def check_report(out: Path, result: subprocess.CompletedProcess[str], runs: int) -> dict:
+    """The report holds the table, the JSON and the plots, and they say what the runs said."""
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for name in ("curves.png", "step_time.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    assert len(report["runs"]) == runs
+    for run in report["runs"]:
+        said = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
+        assert run["metrics"] == said
+        last = said["epochs"][-1]
+        cells = [run["runner"], str(said["world_size"]), said["precision"]]
+        cells += [f"{last[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc")]
+        rows = markdown.splitlines()
+        line = next(row for row in rows if row.startswith(f"| {run['runner']} "))
+        assert all(f"| {c}" in line for c in cells), (cells, line)
+        assert f"{last['train_loss']:.4f}" in result.stdout
+        steps = said["optimizer_steps"] // len(said["epochs"])
+        assert run["steady_step_s"]["n"] == steps - 1  # epoch 2's intervals, none across epochs
+        assert 0 < run["startup_s"] < run["total_s"]
+        assert run["peak_rss_mib"] > 50 and run["threads"] == [1]
+    return report
+
+
+def test_runners_agree_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    runners = ["torch", "fabric", "lightning", "accelerate", "raw"]
+    result = run_compare(*SMALL, "--runners", *runners, "--jobs", "2", "--check", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = check_report(out, result, runs=5)
+    assert report["agree"] is True
+    assert "AGREE: all 5 runs match" in result.stdout
+    reference = load_state(report["runs"][0])
+    for run in report["runs"]:
+        state = load_state(run)  # recomputed here, not taken from compare.py's word
+        assert all(torch.equal(state[k], reference[k]) for k in reference), run["runner"]
+        assert run["max_weight_diff"] == 0.0 and run["agrees"] is True
+
+    again = run_compare(*SMALL, "--out", str(out))  # never overwrites a report
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "already holds a report" in again.stderr
+
+
+def test_disagreement_is_reported_and_fails_the_check(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    disagree = ["--runners", "torch", "fabric", "--extra-args", "fabric=--seed 7", "--jobs", "2"]
+    result = run_compare(*SMALL, *disagree, "--check", "--out", str(out))
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = check_report(out, result, runs=2)
+    assert report["agree"] is False
+    fabric = next(r for r in report["runs"] if r["runner"] == "fabric")
+    assert fabric["agrees"] is False and fabric["max_weight_diff"] > 1e-3
+    assert fabric["extra_args"] == ["--seed", "7"] and fabric["command"].endswith("--seed 7")
+    assert "DISAGREE: fabric (1 process)" in result.stdout
+    assert "| fabric * |" in (out / "report.md").read_text()  # marked: not the same task
+
+
+def test_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_compare(
+        "--epochs", "1", "--num-samples", "320", "--processes", "2", "--check", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    for run in report["runs"]:
+        assert run["metrics"]["world_size"] == 2
+        assert run["max_weight_diff"] <= compare.FP32_MULTI_PROCESS_TOLERANCE
+        ranks = sorted(p["rank"] or "0" for p in run["processes"] if p["steps"])
+        assert ranks == ["0", "1"], run["processes"]  # both ranks trained, and were measured
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "3"], "not divisible by 3 process(es)"),
+        (["--precision", "16-mixed"], "needs a CUDA GPU"),
+        (["--extra-args", "nobody=--seed 1"], "expected RUNNER=ARGS"),
+        (["--runners", "fabric", "--check"], "include it in --runners"),
+        (["--runners", "raw", "--processes", "2"], "raw runner runs 1 process"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
+    result = run_compare(*args, "--out", "/nonexistent/never-written", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_steady_intervals_skip_warm_up_and_epoch_ends() -> None:
+    times = [0, 1, 2, 3, 10, 11, 13, 16]  # 2 epochs of 4 steps; 3 -> 10 spans validation
+    assert compare.steady_intervals(times, epochs=2) == [1, 2, 3]
+    assert compare.steady_intervals(times, epochs=1) == [1, 1, 1, 7, 1, 2, 3]
+    assert compare.steady_intervals(times[:7], epochs=2) == []  # steps do not split evenly
+    assert compare.quartiles([4, 1, 3, 2, 5]) == {"median": 3, "p25": 2, "p75": 4, "n": 5}
+
+
+def test_tolerances() -> None:
+    assert compare.Mode(1, "32-true", 2).tolerance == 0.0
+    assert compare.Mode(2).tolerance == compare.FP32_MULTI_PROCESS_TOLERANCE
+    assert compare.Mode(1, "bf16-mixed").tolerance == compare.BF16_TOLERANCE
+
+
+def test_benchmark_interleaves_and_attributes(tmp_path: Path) -> None:
+    runs = overhead.plan(["headline"], {"headline": 2}, quick=True, out=tmp_path)
+    order = [r.runner for r in runs]
+    assert order[:5] == list(overhead.RUNNERS) and order[5:] == [*overhead.RUNNERS[1:], "raw"]
+    site = "/venv/lib/python3.11/site-packages"
+    stack = [f"{compare.ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
+    assert overhead.area_of([*stack, f"{site}/torch/_tensor.py:backward"]) == "torch backward"
+    setattr_frame = f"{site}/torch/nn/modules/module.py:__setattr__"
+    assert overhead.area_of([*stack, setattr_frame]) == "lightning.pytorch"
+    assert overhead.area_of([f"{compare.ROOT}/simple_train.py:main"]) == "runner code"
