@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,12 @@ def loading_checkpoint(path: Path) -> Iterator[None]:
     if not path.exists():
         raise UsageError(f"no checkpoint to resume from at {path}")
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:  # torch warns before it refuses
+            yield
+        for warning in caught:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     except Exception as err:  # UnpicklingError, a truncated file's RuntimeError, EOFError...
         raise UsageError(
             f"{path} is not a loadable checkpoint ({type(err).__name__}: it is corrupt, or holds "
