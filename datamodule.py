@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import lightning as L
+from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -23,11 +24,11 @@ class TaskDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        num_samples: int = task.NUM_SAMPLES,
-        num_features: int = task.NUM_FEATURES,
-        label_noise: float = task.LABEL_NOISE,
-        val_fraction: float = task.VAL_FRACTION,
-        batch_size: int = task.GLOBAL_BATCH_SIZE,
+        num_samples: PositiveInt = task.NUM_SAMPLES,
+        num_features: PositiveInt = task.NUM_FEATURES,
+        label_noise: ClosedUnitInterval = task.LABEL_NOISE,
+        val_fraction: OpenUnitInterval = task.VAL_FRACTION,
+        batch_size: PositiveInt = task.GLOBAL_BATCH_SIZE,
         seed: int = task.SEED,
     ) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import ActionConfigFile
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torchmetrics import MeanMetric
@@ -42,10 +43,10 @@ class MLPClassifier(L.LightningModule):
 
     def __init__(
         self,
-        num_features: int = task.NUM_FEATURES,
-        hidden_dim: int = task.HIDDEN_DIM,
-        num_classes: int = task.NUM_CLASSES,
-        lr: float = task.LEARNING_RATE,
+        num_features: PositiveInt = task.NUM_FEATURES,
+        hidden_dim: PositiveInt = task.HIDDEN_DIM,
+        num_classes: PositiveInt = task.NUM_CLASSES,
+        lr: PositiveFloat = task.LEARNING_RATE,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -154,6 +155,17 @@ class TaskCLI(LightningCLI):
         if trainer.max_epochs is None or trainer.max_epochs < 1:
             raise task.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
         task.check_devices(str(trainer.accelerator), trainer.devices)
+        if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
+            data = self.config[self.subcommand].data
+            num_val = round(data.val_fraction * data.num_samples)
+            processes = int(trainer.devices) * trainer.num_nodes
+            task.micro_batch_size(
+                data.batch_size,
+                processes,
+                trainer.accumulate_grad_batches,
+                data.num_samples - num_val,
+            )
+            task.check_val_split(num_val, processes)
         on_cuda = task.cuda_requested(str(trainer.accelerator))
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
         task.check_precision(str(trainer.precision), on_cuda)
