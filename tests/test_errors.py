@@ -1,0 +1,60 @@
+"""Bad input: exit status 2, one line on stderr, no traceback, nothing written, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import RUNNERS, run
+
+BY_NAME = {runner.name: runner for runner in RUNNERS}
+COMMON = {  # the same mistakes, in each runner's own spelling
+    "torch": [["--bogus"], ["--epochs", "0"], ["--num-samples", "-5"], ["--lr", "nan"],
+              ["--batch-size", "30", "--accumulate", "4"], ["--device", "cuda"]],
+    "fabric": [["--bogus"], ["--epochs", "0"], ["--hidden-dim", "0"], ["--lr", "abc"],
+               ["--devices", "3"], ["--accelerator", "cuda"]],
+    "lightning": [["--bogus"], ["--trainer.max_epochs", "0"], ["--data.num_samples", "0"],
+                  ["--model.lr", "-1"], ["--trainer.devices", "3"],
+                  ["--data.batch_size", "30", "--trainer.accumulate_grad_batches", "4"],
+                  ["--trainer.accelerator", "gpu"], ["--config", "configs/lightning/none.yaml"]],
+    "accelerate": [["--bogus"], ["--epochs", "0"], ["--batch-size", "0"], ["--lr", "inf"],
+                   ["--batch-size", "30", "--accumulate", "4"], ["--mixed-precision", "fp16"]],
+}  # fmt: skip
+CASES = [(name, args) for name, cases in COMMON.items() for args in cases]
+
+
+def assert_refused(result, run_dir: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout
+    assert not (run_dir / "model.pt").exists()
+
+
+@pytest.mark.parametrize(("name", "args"), CASES, ids=[f"{n}:{' '.join(a)}" for n, a in CASES])
+def test_bad_input_is_refused_in_one_line(name: str, args: list[str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert_refused(run(BY_NAME[name].command(run_dir, 1, args)), run_dir)
+    assert not run_dir.exists() or not any(run_dir.rglob("*.pt"))
+
+
+def test_a_malformed_config_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("trainer: [unclosed\n")
+    run_dir = tmp_path / "run"
+    assert_refused(
+        run(BY_NAME["lightning"].command(run_dir, 1, ["--config", str(config)])), run_dir
+    )
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_a_finished_run_is_never_overwritten(name: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    earlier = {"model.pt": b"earlier weights", "metrics.json": b'{"earlier": true}'}
+    for file, content in earlier.items():
+        (run_dir / file).write_bytes(content)
+    result = run(BY_NAME[name].command(run_dir, 1, []))
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == earlier
