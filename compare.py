@@ -67,7 +67,7 @@ RUNNER_SETTINGS = {
     "lightning": (
         "--trainer.enable_progress_bar false: the other runners draw no bar when their output is "
         "not a terminal (compare.py logs to files); the Trainer draws one regardless, at a cost "
-        "per step. Everything else is the Trainer's default (model summary, checkpoint per epoch)."
+        "per step. Everything else stays each runner's default, checkpoints included."
     ),
 }
 
@@ -250,6 +250,9 @@ class PlainProgress:
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def ready(self, run: Run) -> None:
+        """Called just before a run starts (the benchmark waits here for a quiet machine)."""
+
     def start(self, run: Run) -> None:
         self.started += 1
         print(f"start {self.started}/{self.total}: {run.name}", file=sys.stderr, flush=True)
@@ -332,6 +335,7 @@ def execute(
         while pending or active:
             while pending and can_start(pending[0], list(active.values()), jobs):
                 run = pending.pop(0)
+                display.ready(run)
                 active[launch(run).pid] = run
                 display.start(run)
             time.sleep(0.05)

@@ -78,6 +78,27 @@ class Point:
 class BenchRun(compare.Run):
     point: Point | None = None
     repeat: int = 0
+    busy_before: float | None = None  # share of the CPUs busy with other work at its start
+
+
+QUIET = 0.15  # a run starts once other work uses under 15 % of the CPUs ...
+MAX_WAIT_S = 120.0  # ... or after this long, marked as started on a busy machine
+
+
+def cpu_busy(seconds: float = 0.5) -> float:
+    """The share of all CPUs busy over `seconds` (Linux /proc/stat); 0 where unknown."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +201,13 @@ class Progress(compare.PlainProgress):
         if self.bar:
             self.bar.stop()
 
+    def ready(self, run: compare.Run) -> None:
+        """Wait for a quiet machine: others' work would be timed as the runner's."""
+        deadline = time.monotonic() + MAX_WAIT_S
+        while (busy := cpu_busy()) > QUIET and time.monotonic() < deadline:
+            time.sleep(1)
+        run.busy_before = busy
+
     def start(self, run: compare.Run) -> None:
         if self.bar:
             self.bar.update(self.task, description=f"{run.point.key} {run.runner}")
@@ -202,6 +230,7 @@ def record(run: BenchRun) -> dict[str, Any]:
     """One run's figures, flat: what the tables and plots are made of."""
     rec = dataclasses.asdict(run.point) | {"repeat": run.repeat, "ok": run.ok}
     rec |= {"exit_code": run.exit_code, "total_s": run.wall_s, "log_dir": str(run.log_dir)}
+    rec["busy_before"] = run.busy_before
     if run.max_rss_kib:
         rec["peak_rss_mib"] = run.max_rss_kib / 1024
     if run.metrics:
@@ -307,6 +336,10 @@ def framework_frame(frame: str) -> bool:
 def short(frame: str) -> str:
     path, _, func = frame.rpartition(":")
     return f"{path.split('site-packages/')[-1]}:{func}"
+
+
+def busy_starts(res: Results) -> int:
+    return sum((r["busy_before"] or 0) > QUIET for r in res.records)
 
 
 def spread(values: Iterable[float]) -> dict[str, float]:
@@ -703,7 +736,9 @@ def report(res: Results, args: Any, machine: dict, elapsed: float, out: Path) ->
         "",
         "µs/step: median over the steady-state steps of a run (first epoch excluded), then the "
         "median over repeats (min–max in brackets). Ratios are paired: each repeat's run against "
-        "plain PyTorch's run of the same repeat.",
+        "plain PyTorch's run of the same repeat. Each run waited for the machine to be quiet "
+        f"(other work under {QUIET:.0%} of the CPUs) for up to {MAX_WAIT_S:.0f} s; "
+        f"{busy_starts(res)} of {len(res.records)} runs started on a busier machine.",
     ]
     sections = set(args.sections)
     if "headline" in sections:
