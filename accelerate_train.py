@@ -117,6 +117,8 @@ def main() -> None:
         state.update(epoch=epoch + 1, batch=0)
         save_checkpoint(accelerator, checkpoints, state, module)
 
+    # The full weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
+    model_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         record = task.RunRecord(
             runner="accelerate",
@@ -131,7 +133,8 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             epochs=module.history,
         )
-        task.save_run(run_dir, record, accelerator.unwrap_model(model).model.state_dict())
+        mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
+        task.save_run(run_dir, record, mlp_state)
     # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
     # collective before teardown, which otherwise can deadlock at exit (seen: ~1 run in 10).
     accelerator.wait_for_everyone()

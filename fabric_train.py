@@ -46,10 +46,10 @@ def devices(text: str) -> int | str:
 
 def main() -> None:
     args = parse_args()
-    task.check_devices(args.accelerator, args.devices)
     on_cuda = task.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
     task.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
     task.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
+    task.check_devices(args.accelerator, args.devices)
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
@@ -101,7 +101,10 @@ def main() -> None:
             last_micro_batch = (i + 1) % args.accumulate == 0
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             with fabric.no_backward_sync(model, enabled=not last_micro_batch):
-                loss = model.training_step(batch, i)
+                # On one device Fabric calls training_step outside its precision context (only
+                # a strategy's wrapper routes it through forward): autocast here, for bf16/fp16.
+                with fabric.autocast():
+                    loss = model.training_step(batch, i)
                 fabric.backward(loss / args.accumulate)
             if last_micro_batch:
                 optimizer.step()
@@ -142,7 +145,8 @@ def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.Da
     model.eval()
     fabric.call("on_validation_epoch_start")
     for i, batch in enumerate(loader):
-        model.validation_step(batch, i)
+        with fabric.autocast():  # as in training
+            model.validation_step(batch, i)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,6 @@ class TaskCLI(LightningCLI):
         trainer = self.config[self.subcommand].trainer
         if trainer.max_epochs is None or trainer.max_epochs < 1:
             raise task.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
-        task.check_devices(str(trainer.accelerator), trainer.devices)
         if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
             data = self.config[self.subcommand].data
             num_val = round(data.val_fraction * data.num_samples)
@@ -170,6 +169,7 @@ class TaskCLI(LightningCLI):
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
         task.check_precision(str(trainer.precision), on_cuda)
         task.check_strategy(str(trainer.strategy), on_cuda)
+        task.check_devices(str(trainer.accelerator), trainer.devices)
 
     def before_fit(self) -> None:
         run_dir, ckpt_path = Path(self.trainer.log_dir), self.config.fit.ckpt_path

@@ -53,6 +53,10 @@ def main() -> None:
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     task.check_precision(args.precision, device.type == "cuda")
     task.check_strategy(args.strategy, device.type == "cuda")
+    if args.strategy == "fsdp" and not ddp:  # fully_shard needs torchrun's process group
+        raise task.UsageError(
+            "--strategy fsdp shards over processes: start it with torchrun --nproc_per_node N"
+        )
     dataset = task.make_dataset(args.num_samples, seed=args.seed)
     train_set, val_set = task.split_dataset(dataset, seed=args.seed)
     micro_batch = task.micro_batch_size(

@@ -125,7 +125,7 @@ def micro_batch_size(global_batch: int, world_size: int, accumulate: int, num_tr
 
 def cuda_requested(accelerator: str) -> bool:
     """Whether an accelerator choice (auto, cpu, cuda, gpu) ends up on CUDA GPUs here."""
-    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    return accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
 
 
 def check_devices(accelerator: str, devices: int | str) -> None:
