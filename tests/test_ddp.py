@@ -148,7 +148,7 @@ def test_accelerate_config_files_are_accepted_as_is(tmp_path: Path) -> None:
 
 
 def test_fabric_run_cli_matches_fabric_launch(tmp_path: Path, ddp_runs: dict[str, Path]) -> None:
-    cli = [PYTHON, "-m", "lightning.fabric.cli", "run", "--accelerator=cpu", "--devices=2",
+    cli = [PYTHON, "-m", "lightning.fabric.cli", "--accelerator=cpu", "--devices=2",
            f"--main-port={free_port()}"]  # fmt: skip
     result = run(
         [*cli, f"--main-port={free_port()}", "fabric_train.py", "--run-dir", str(tmp_path)]
