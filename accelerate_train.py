@@ -135,9 +135,8 @@ def main() -> None:
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
         task.save_run(run_dir, record, mlp_state)
-    # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
-    # collective before teardown, which otherwise can deadlock at exit (seen: ~1 run in 10).
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # every rank waits for rank 0's files
+    task.end_distributed_run(accelerator.num_processes > 1)
     accelerator.end_training()
 
 

@@ -135,9 +135,8 @@ def main() -> None:
             epochs=model.history,
         )
         task.save_run(run_dir, record, model.model.state_dict())
-    # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the last
-    # collective before teardown, which otherwise can deadlock at exit.
-    fabric.barrier()
+    fabric.barrier()  # every rank waits for rank 0's files
+    task.end_distributed_run(fabric.world_size > 1)
 
 
 @torch.no_grad()

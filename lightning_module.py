@@ -186,9 +186,8 @@ class TaskCLI(LightningCLI):
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
         if trainer.is_global_zero:
             self._save_run(run_dir)
-        # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the
-        # last collective before teardown, which otherwise can deadlock at exit.
-        trainer.strategy.barrier()
+        trainer.strategy.barrier()  # every rank waits for rank 0's files
+        task.end_distributed_run(trainer.world_size > 1)
 
     def _save_run(self, run_dir: Path) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule

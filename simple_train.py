@@ -162,10 +162,8 @@ def main() -> None:
         )
         task.save_run(run_dir, record, model_state)
     if ddp:
-        # Every rank waits for rank 0's files; this also lets gloo's worker threads finish the
-        # last collective before teardown, which otherwise can deadlock at exit.
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # every rank waits for rank 0's files
+    task.end_distributed_run(ddp)
 
 
 def all_ranks_sum(loss_sum: torch.Tensor, count: int, ddp: bool) -> tuple[float, int]:
