@@ -82,7 +82,7 @@ class BenchRun(compare.Run):
 
 
 QUIET = 0.15  # a run starts once other work uses under 15 % of the CPUs ...
-MAX_WAIT_S = 120.0  # ... or after this long, marked as started on a busy machine
+MAX_WAIT_S = 120.0  # ... or after this long (--max-wait), marked as started on a busy machine
 
 
 def cpu_busy(seconds: float = 0.5) -> float:
@@ -175,9 +175,9 @@ def make_run(point: Point, repeat: int, out: Path) -> BenchRun:
 class Progress(compare.PlainProgress):
     """One overall bar on a terminal (a bar per run would be hundreds); plain lines otherwise."""
 
-    def __init__(self, runs: Sequence[compare.Run]) -> None:
+    def __init__(self, runs: Sequence[compare.Run], max_wait: float = MAX_WAIT_S) -> None:
         super().__init__(runs)
-        self.bar = None
+        self.bar, self.max_wait = None, max_wait
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -203,7 +203,7 @@ class Progress(compare.PlainProgress):
 
     def ready(self, run: compare.Run) -> None:
         """Wait for a quiet machine: others' work would be timed as the runner's."""
-        deadline = time.monotonic() + MAX_WAIT_S
+        deadline = time.monotonic() + self.max_wait
         while (busy := cpu_busy()) > QUIET and time.monotonic() < deadline:
             time.sleep(1)
         run.busy_before = busy
@@ -259,18 +259,16 @@ def read_profile(run: BenchRun) -> dict[str, Any] | None:
     stacks = [(frames, n) for frames, n in prof["stacks"]]
     total = sum(n for _, n in stacks)
     areas: Counter[str] = Counter()
-    functions: Counter[str] = Counter()
+    own: Counter[str] = Counter()
     for frames, n in stacks:
-        areas[area_of(frames)] += n
-        for name in {short(f) for f in frames if framework_frame(f)}:
-            functions[name] += n  # inclusive: a function counts once per sample it is in
+        areas[area := area_of(frames)] += n
+        if area in FRAMEWORK_AREAS:  # the framework's own Python: its innermost function
+            own[short(next(f for f in reversed(frames) if framework_frame(f)))] += n
     return {
         "samples": total,
         "step_us": step_us,
         "areas_us": {a: n / total * step_us for a, n in areas.most_common()},
-        "top_framework_functions_us": {
-            f: n / total * step_us for f, n in functions.most_common(12)
-        },
+        "framework_functions_us": {f: n / total * step_us for f, n in own.most_common(10)},
     }
 
 
@@ -327,6 +325,9 @@ def area_of(frames: Sequence[str]) -> str:
                 return name
         return "runner code" if path.startswith(str(compare.ROOT)) else "other"
     return "other"
+
+
+FRAMEWORK_AREAS = ("torchmetrics", "lightning.pytorch", "lightning.fabric", "accelerate")
 
 
 def framework_frame(frame: str) -> bool:
@@ -509,8 +510,8 @@ def profile_section(res: Results) -> str:
     rows.append(["**total (mean step)**"] + [f"{profiles[r]['step_us']:.0f}" for r in runners])
     text = table(header, rows)
     for r in (x for x in runners if x in FRAMEWORKS):
-        top = profiles[r]["top_framework_functions_us"]
-        text += f"\n\n{r}: framework functions on the stack (inclusive µs per step)\n\n"
+        top = profiles[r]["framework_functions_us"]
+        text += f"\n\n{r}: where its framework time goes (innermost framework function)\n\n"
         text += table(("function", "µs"), [[f"`{f}`", f"{us:.0f}"] for f, us in top.items()])
     return text
 
@@ -672,7 +673,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--repeats", type=task.positive_int, help="headline repeats (default 5)")
+    parser.add_argument("--sweep-repeats", type=task.positive_int, help="other sections (2)")
     parser.add_argument("--timeout", type=task.positive_float, default=600, help="s per run")
+    parser.add_argument(
+        "--max-wait", type=float, default=MAX_WAIT_S, help="s to wait for a quiet machine per run"
+    )
     parser.add_argument("--out", type=Path, help="default: reports/benchmark-<timestamp>")
     args = parser.parse_args(argv)
     if args.out is not None and (args.out / "results.json").exists():
@@ -686,13 +691,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     headline = args.repeats or (2 if args.quick else 5)
-    sweep = 1 if args.quick else 2
+    sweep = args.sweep_repeats or (1 if args.quick else 2)
     repeats = {"headline": headline, "width": sweep, "samples": sweep, "ddp": sweep, "profile": 1}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(args.sections, repeats, args.quick, out)
     started, machine = time.perf_counter(), compare.machine()
-    compare.execute(runs, timeout=args.timeout, display=Progress(runs))
+    compare.execute(runs, timeout=args.timeout, display=Progress(runs, args.max_wait))
     for run in runs:
         compare.collect(run)
     res = Results([record(r) for r in runs])
@@ -737,7 +742,7 @@ def report(res: Results, args: Any, machine: dict, elapsed: float, out: Path) ->
         "µs/step: median over the steady-state steps of a run (first epoch excluded), then the "
         "median over repeats (min–max in brackets). Ratios are paired: each repeat's run against "
         "plain PyTorch's run of the same repeat. Each run waited for the machine to be quiet "
-        f"(other work under {QUIET:.0%} of the CPUs) for up to {MAX_WAIT_S:.0f} s; "
+        f"(other work under {QUIET:.0%} of the CPUs) for up to {args.max_wait:.0f} s; "
         f"{busy_starts(res)} of {len(res.records)} runs started on a busier machine.",
     ]
     sections = set(args.sections)
