@@ -67,7 +67,14 @@ class TaskDataModule(L.LightningDataModule):
             sampler.set_epoch(self.trainer.current_epoch)
         # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
         # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
-        return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)
+        return StatefulDataLoader(
+            self.train_set,
+            batch_size=self.micro_batch_size,
+            sampler=sampler,
+            collate_fn=task.batch_collate,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.micro_batch_size)
+        return DataLoader(
+            self.val_set, batch_size=self.micro_batch_size, collate_fn=task.batch_collate
+        )

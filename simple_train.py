@@ -8,6 +8,7 @@ Needs torch alone (tqdm, if installed, draws the progress bar).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -91,8 +92,11 @@ def main() -> None:
     # Each rank takes every world_size-th sample of a permutation seeded with seed + epoch.
     train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_set, world_size, rank, shuffle=False)
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=train_sampler)
-    val_loader = DataLoader(val_set, batch_size=micro_batch, sampler=val_sampler)
+    loader = functools.partial(DataLoader, batch_size=micro_batch, collate_fn=task.batch_collate)
+    train_loader, val_loader = (
+        loader(train_set, sampler=train_sampler),
+        loader(val_set, sampler=val_sampler),
+    )
 
     # Where training stands: a checkpoint restores it exactly, mid-epoch included.
     state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}

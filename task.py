@@ -76,7 +76,26 @@ def split_dataset(
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))
     train_idx, val_idx = order[num_val:], order[:num_val]
     x, y = dataset.tensors
-    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+    return BatchTensorDataset(x[train_idx], y[train_idx]), BatchTensorDataset(
+        x[val_idx], y[val_idx]
+    )
+
+
+class BatchTensorDataset(TensorDataset):
+    """Fetches a whole batch with one index per tensor: the DataLoader calls `__getitems__`.
+
+    The default path fetches 32 samples one by one and stacks them (measured ~150 us a step,
+    as much as the model's forward and backward); the batches and their order are the same.
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices)
+        return tuple(t[index] for t in self.tensors)
+
+
+def batch_collate(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """`BatchTensorDataset` hands over finished batches: nothing is left to collate."""
+    return batch
 
 
 class EpochShuffleSampler(RandomSampler):
