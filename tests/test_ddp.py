@@ -104,7 +104,7 @@ def shuffled_loader_weights() -> dict[str, torch.Tensor]:
     torch.manual_seed(task.SEED)
     model = task.MLP()
     optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
-    loader = DataLoader(train_set, batch_size=32, shuffle=True)
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=task.batch_collate)
     for _ in range(task.EPOCHS):
         for x, y in loader:
             F.cross_entropy(model(x), y).backward()
