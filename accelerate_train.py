@@ -37,10 +37,6 @@ def parse_args() -> object:
         help="default: what `accelerate launch` or its config file says, else no",
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo)")
-    parser.add_argument(
-        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 

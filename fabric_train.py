@@ -33,10 +33,6 @@ def parse_args() -> object:
     parser.add_argument("--num-nodes", type=task.positive_int, default=1)
     parser.add_argument("--strategy", default="auto", help="auto, ddp, deepspeed_stage_2, fsdp")
     parser.add_argument("--precision", choices=task.PRECISIONS, default=None, help="32-true")
-    parser.add_argument(
-        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 

@@ -36,10 +36,6 @@ def parse_args() -> object:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
-    parser.add_argument(
-        "--checkpoint-every", type=task.positive_int, default=None, help="optimizer steps"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser.parse_args()
 
 

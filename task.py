@@ -425,6 +425,13 @@ def task_parser(description: str) -> ArgumentParser:
         help="micro-batches per optimizer step",
     )
     task.add_argument("--run-dir", type=Path, default=None, help="default: runs/<runner>/version_N")
+    task.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        help="optimizer steps (and each epoch)",
+    )
+    task.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser
 
 
