@@ -36,6 +36,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+# The CSV loggers warn about a run directory that already holds files: here, our checkpoints; on
+# a resume the logged history is replayed (Fabric) and metrics.json stays complete.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
 class MLPClassifier(L.LightningModule):
