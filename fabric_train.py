@@ -42,6 +42,8 @@ def devices(text: str) -> int | str:
 
 def main() -> None:
     args = parse_args()
+    if args.resume and args.run_dir is None:
+        raise task.UsageError("--resume continues the run in --run-dir: name that directory")
     on_cuda = task.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
     task.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
     task.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
