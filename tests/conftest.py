@@ -7,12 +7,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.data import RandomSampler
+
+import task
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -114,3 +118,44 @@ def single_device_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         result = runner.train(dirs[runner.name])
         (dirs[runner.name] / "console.txt").write_text(result.stdout)
     return dirs
+
+
+def shared_order(train_set: Sequence, epoch: int) -> list[int]:
+    """The runners' order: DistributedSampler's permutation, seeded with seed + epoch."""
+    sampler = task.EpochShuffleSampler(train_set, seed=task.SEED)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def default_shuffle_order(train_set: Sequence, epoch: int) -> list[int]:
+    """What `DataLoader(shuffle=True)` does: a RandomSampler seeded from the global RNG."""
+    return list(RandomSampler(train_set))
+
+
+def replay(
+    micro_batch: int,
+    accumulate: int,
+    divide_loss: bool = True,
+    order: Callable[[Sequence, int], list[int]] = shared_order,
+) -> dict[str, torch.Tensor]:
+    """The reference loop in-process (one thread), with K micro-batches per optimizer step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_set, _ = task.split_dataset(task.make_dataset())
+        x, y = train_set.tensors
+        torch.manual_seed(task.SEED)
+        model = task.MLP()
+        optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
+        for epoch in range(task.EPOCHS):
+            indices = torch.tensor(order(train_set, epoch))
+            for i in range(len(indices) // micro_batch):
+                idx = indices[i * micro_batch : (i + 1) * micro_batch]
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                (loss / accumulate if divide_loss else loss).backward()
+                if (i + 1) % accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+        return model.state_dict()
+    finally:
+        torch.set_num_threads(threads)

@@ -7,20 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import (
     PYTHON,
     RUNNERS,
+    default_shuffle_order,
     free_port,
     load_metrics,
     load_weights,
     max_abs_diff,
+    replay,
     run,
     run_env,
 )  # fmt: skip
-from torch.utils.data import DataLoader
-
-import task
 
 
 @pytest.fixture(scope="module")
@@ -98,26 +96,13 @@ def test_two_machines_on_loopback_match_one_device(
     assert diff <= 1e-6
 
 
-def shuffled_loader_weights() -> dict[str, torch.Tensor]:
-    """The reference loop, with the data order left to DataLoader(shuffle=True)."""
-    train_set, _ = task.split_dataset(task.make_dataset())
-    torch.manual_seed(task.SEED)
-    model = task.MLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
-    loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=task.batch_collate)
-    for _ in range(task.EPOCHS):
-        for x, y in loader:
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    return model.state_dict()
-
-
 def test_the_check_fails_when_the_data_order_is_left_to_a_default(
     single_device_runs: dict[str, Path],
 ) -> None:
     # The trap when comparing frameworks: the same seed, another sample order, other weights.
-    diff = max_abs_diff(shuffled_loader_weights(), load_weights(single_device_runs["torch"]))
+    diff = max_abs_diff(
+        replay(32, 1, order=default_shuffle_order), load_weights(single_device_runs["torch"])
+    )
     assert diff > 1e-3
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from conftest import (
     PYTHON,
@@ -32,6 +31,7 @@ from conftest import (
     load_metrics,
     load_weights,
     max_abs_diff,
+    replay,
     run,
     run_env,
 )  # fmt: skip
@@ -152,36 +152,6 @@ def test_accumulation_reaches_the_one_step_weights(
             tol = ACCELERATE_TWO_PROCESS_TOL
         diff = max_abs_diff(load_weights(run_dir), load_weights(single_device_runs[runner.name]))
         assert diff <= tol, f"{runner.name}: {processes} process(es) x 2 accumulated is {diff:.2e}"
-
-
-def replay(micro_batch: int, accumulate: int, divide_loss: bool = True) -> dict[str, torch.Tensor]:
-    """The reference loop in-process, with K micro-batches per optimizer step (one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _replay(micro_batch, accumulate, divide_loss)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _replay(micro_batch: int, accumulate: int, divide_loss: bool) -> dict[str, torch.Tensor]:
-    train_set, _ = task.split_dataset(task.make_dataset())
-    x, y = train_set.tensors
-    torch.manual_seed(task.SEED)
-    model = task.MLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
-    for epoch in range(task.EPOCHS):
-        sampler = task.EpochShuffleSampler(train_set, seed=task.SEED)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        for i in range(len(order) // micro_batch):
-            idx = order[i * micro_batch : (i + 1) * micro_batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            (loss / accumulate if divide_loss else loss).backward()
-            if (i + 1) % accumulate == 0:
-                optimizer.step()
-                optimizer.zero_grad()
-    return model.state_dict()
 
 
 def test_the_accumulation_check_would_catch_the_usual_mistakes(
