@@ -23,13 +23,13 @@ from accelerate.commands.config.config_args import default_config_file, load_con
 from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import broadcast_object_list, set_seed
 
-import task
+import contract
 from datamodule import TaskDataModule
 from lightning_module import MLPClassifier
 
 
 def parse_args() -> object:
-    parser = task.task_parser("Train the task with Hugging Face Accelerate.")
+    parser = contract.task_parser("Train the task with Hugging Face Accelerate.")
     parser.add_argument(
         "--mixed-precision",
         choices=("no", "bf16", "fp16"),
@@ -45,7 +45,7 @@ def main() -> None:
     on_cuda = torch.cuda.is_available() and not args.cpu
     for strategy in ("deepspeed", "fsdp"):  # set by `accelerate launch` from its config
         if os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "false").lower() == "true":
-            task.check_strategy(strategy, on_cuda)
+            contract.check_strategy(strategy, on_cuda)
     accelerator = Accelerator(
         cpu=args.cpu,
         mixed_precision=args.mixed_precision,
@@ -59,11 +59,11 @@ def main() -> None:
     ]
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
-        raise task.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+        raise contract.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
-    run_dir = [task.resolve_run_dir(args.run_dir, "accelerate", args.resume)]
+    run_dir = [contract.resolve_run_dir(args.run_dir, "accelerate", args.resume)]
     run_dir = Path(broadcast_object_list(run_dir)[0])  # rank 0 picks the version
 
     set_seed(args.seed)
@@ -79,10 +79,10 @@ def main() -> None:
     checkpoints = run_dir / "checkpoints"
     if args.resume:
         newest = newest_checkpoint(checkpoints)
-        with task.loading_checkpoint(newest):
+        with contract.loading_checkpoint(newest):
             accelerator.load_state(newest)
         module.load_progress_state(state, accelerator.process_index)
-        accelerator.print(task.resume_line(newest, state))
+        accelerator.print(contract.resume_line(newest, state))
 
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
@@ -91,7 +91,7 @@ def main() -> None:
         batches = accelerator.skip_first_batches(train_loader, state["batch"])  # the trained ones
         batches.set_epoch(epoch)
         model.train()
-        for x, y in task.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
+        for x, y in contract.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
             # Inside accumulate(), backward divides the loss by the steps and skips the gradient
             # all-reduce, and the prepared optimizer steps, until the last micro-batch.
             with accelerator.accumulate(model):
@@ -105,18 +105,18 @@ def main() -> None:
                 state["steps"] += 1
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     save_checkpoint(accelerator, checkpoints, state, module)
-                task.inject_fault("step", state["steps"])
+                contract.inject_fault("step", state["steps"])
         validate(model, module, val_loader)
         metrics = {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
         module.history.append(metrics)
-        accelerator.print(task.epoch_line(epoch + 1, metrics))
+        accelerator.print(contract.epoch_line(epoch + 1, metrics))
         state.update(epoch=epoch + 1, batch=0)
         save_checkpoint(accelerator, checkpoints, state, module)
 
     # The full weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
     model_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        record = task.RunRecord(
+        record = contract.RunRecord(
             runner="accelerate",
             world_size=accelerator.num_processes,
             device=accelerator.device.type,
@@ -130,9 +130,9 @@ def main() -> None:
             epochs=module.history,
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
-        task.save_run(run_dir, record, mlp_state)
+        contract.save_run(run_dir, record, mlp_state)
     accelerator.wait_for_everyone()  # every rank waits for rank 0's files
-    task.end_distributed_run(accelerator.num_processes > 1)
+    contract.end_distributed_run(accelerator.num_processes > 1)
     accelerator.end_training()
 
 
@@ -156,7 +156,7 @@ def save_checkpoint(
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        task.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
+        contract.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in sorted(checkpoints.glob("step_*"))[:-1]:  # the newest is whole: drop the rest
@@ -180,13 +180,13 @@ def check_launch(accelerator: Accelerator) -> None:
     """Refuse the launches where Accelerate would silently train something other than asked."""
     started, requested = int(os.environ.get("WORLD_SIZE", 1)), requested_processes()
     if started > accelerator.num_processes:
-        raise task.UsageError(
+        raise contract.UsageError(
             f"{started} processes were started but did not join one process group (a multi-GPU "
             "launch without a CUDA GPU), so each would train alone; add --cpu to train on CPU "
             "processes, or launch on GPUs"
         )
     if requested > accelerator.num_processes:
-        raise task.UsageError(
+        raise contract.UsageError(
             f"accelerate launch was asked for {requested} processes but started "
             f"{accelerator.num_processes} (a --cpu / use_cpu or MULTI_CPU launch without an MPI "
             f"hostfile runs one); for {requested} CPU processes use: accelerate launch "
@@ -214,4 +214,4 @@ def requested_processes() -> int:
 
 
 if __name__ == "__main__":
-    task.run_main(main)
+    contract.run_main(main)

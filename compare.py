@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import contract
 import task
 
 ROOT = Path(__file__).resolve().parent
@@ -572,7 +573,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),  # others' work on the machine makes timings noisy
         "python": platform.python_version(),
-        "versions": task.framework_versions(),
+        "versions": contract.framework_versions(),
         "commit": git_commit(),
     }
 
@@ -744,7 +745,7 @@ def print_table(runs: Sequence[Run], lines: list[str]) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = task.ArgumentParser(
+    parser = contract.ArgumentParser(
         description="Run the runners on the same task; show whether they agree and their cost.",
     )
     parser.add_argument(
@@ -754,27 +755,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(RUNNERS),
         help="raw = benchmarks/raw_loop.py (no DataLoader; 1 process, fp32)",
     )
-    parser.add_argument("--processes", nargs="+", type=task.positive_int, default=[1])
-    parser.add_argument("--precision", nargs="+", choices=task.PRECISIONS, default=["32-true"])
-    parser.add_argument("--accumulate", nargs="+", type=task.positive_int, default=[1])
+    parser.add_argument("--processes", nargs="+", type=contract.positive_int, default=[1])
+    parser.add_argument("--precision", nargs="+", choices=contract.PRECISIONS, default=["32-true"])
+    parser.add_argument("--accumulate", nargs="+", type=contract.positive_int, default=[1])
     task_group = parser.add_argument_group("task (the same for every runner)")
-    task_group.add_argument("--epochs", type=task.positive_int, default=task.EPOCHS)
-    task_group.add_argument("--num-samples", type=task.positive_int, default=task.NUM_SAMPLES)
-    task_group.add_argument("--hidden-dim", type=task.positive_int, default=task.HIDDEN_DIM)
+    task_group.add_argument("--epochs", type=contract.positive_int, default=task.EPOCHS)
+    task_group.add_argument("--num-samples", type=contract.positive_int, default=task.NUM_SAMPLES)
+    task_group.add_argument("--hidden-dim", type=contract.positive_int, default=task.HIDDEN_DIM)
     task_group.add_argument(
-        "--batch-size", type=task.positive_int, default=task.GLOBAL_BATCH_SIZE, help="GLOBAL batch"
+        "--batch-size",
+        type=contract.positive_int,
+        default=task.GLOBAL_BATCH_SIZE,
+        help="GLOBAL batch",
     )
-    task_group.add_argument("--lr", type=task.positive_float, default=task.LEARNING_RATE)
+    task_group.add_argument("--lr", type=contract.positive_float, default=task.LEARNING_RATE)
     task_group.add_argument("--seed", type=int, default=task.SEED)
-    parser.add_argument("--threads", type=task.positive_int, default=1, help="per process")
+    parser.add_argument("--threads", type=contract.positive_int, default=1, help="per process")
     parser.add_argument(
         "--jobs",
-        type=task.positive_int,
+        type=contract.positive_int,
         choices=(1, 2),
         default=1,
         help="single-process runs at a time (2 is faster, but the runs then share the CPU)",
     )
-    parser.add_argument("--timeout", type=task.positive_float, default=600, help="s per run")
+    parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<timestamp>)")
     parser.add_argument(
         "--check",
@@ -794,7 +798,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.extra = parse_extra_args(args.extra_args, args.runners)
         args.modes = modes(args)
         args.out = report_dir(args.out)
-    except task.UsageError as err:
+    except contract.UsageError as err:
         parser.error(str(err))
     return args
 
@@ -804,7 +808,7 @@ def parse_extra_args(items: Sequence[str], runners: Sequence[str]) -> dict[str, 
     for item in items:
         runner, sep, text = item.partition("=")
         if not sep or runner not in runners:
-            raise task.UsageError(
+            raise contract.UsageError(
                 f"--extra-args {item!r}: expected RUNNER=ARGS with RUNNER one of {runners}"
             )
         extra[runner] = extra.get(runner, ()) + tuple(shlex.split(text))
@@ -817,16 +821,16 @@ def modes(args: argparse.Namespace) -> list[Mode]:
     result = []
     for n, precision, k in itertools.product(args.processes, args.precision, args.accumulate):
         if precision not in CPU_PRECISIONS:
-            raise task.UsageError(
+            raise contract.UsageError(
                 f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed"
             )
-        task.micro_batch_size(args.batch_size, n, k, args.num_samples - num_val)
-        task.check_val_split(num_val, n)
+        contract.micro_batch_size(args.batch_size, n, k, args.num_samples - num_val)
+        contract.check_val_split(num_val, n)
         result.append(Mode(n, precision, k))
     if "raw" in args.runners and any(m != Mode(1, "32-true", 1) for m in result):
-        raise task.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
+        raise contract.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
     if args.check and REFERENCE not in args.runners:
-        raise task.UsageError(f"--check compares against {REFERENCE}: include it in --runners")
+        raise contract.UsageError(f"--check compares against {REFERENCE}: include it in --runners")
     return list(dict.fromkeys(result))
 
 
@@ -834,7 +838,7 @@ def report_dir(out: Path | None) -> Path:
     """An explicit folder must not hold a report yet; the default one is new every time."""
     if out is not None:
         if (out / "report.json").exists() or (out / "runs").exists():
-            raise task.UsageError(f"{out} already holds a report; choose another --out")
+            raise contract.UsageError(f"{out} already holds a report; choose another --out")
         return out
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, i = ROOT / "reports" / stamp, 1

@@ -9,6 +9,7 @@ from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveIn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+import contract
 import task
 
 # torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
@@ -47,10 +48,10 @@ class TaskDataModule(L.LightningDataModule):
     def set_micro_batch_size(self, world_size: int, accumulate: int) -> int:
         """Split the global batch over processes and accumulation steps; refuse uneven splits."""
         assert self.train_set is not None and self.val_set is not None, "call setup() first"
-        self.micro_batch_size = task.micro_batch_size(
+        self.micro_batch_size = contract.micro_batch_size(
             self.hparams.batch_size, world_size, accumulate, len(self.train_set)
         )
-        task.check_val_split(len(self.val_set), world_size)
+        contract.check_val_split(len(self.val_set), world_size)
         return self.micro_batch_size
 
     def train_dataloader(self) -> DataLoader:
@@ -67,14 +68,7 @@ class TaskDataModule(L.LightningDataModule):
             sampler.set_epoch(self.trainer.current_epoch)
         # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
         # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
-        return StatefulDataLoader(
-            self.train_set,
-            batch_size=self.micro_batch_size,
-            sampler=sampler,
-            collate_fn=task.batch_collate,
-        )
+        return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_set, batch_size=self.micro_batch_size, collate_fn=task.batch_collate
-        )
+        return DataLoader(self.val_set, batch_size=self.micro_batch_size)

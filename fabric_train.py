@@ -19,35 +19,35 @@ import lightning as L
 import torch
 from lightning.fabric.loggers import CSVLogger
 
-import task
+import contract
 from datamodule import TaskDataModule
 from lightning_module import MLPClassifier
 
 
 def parse_args() -> object:
-    parser = task.task_parser("Train the task with Lightning Fabric.")
+    parser = contract.task_parser("Train the task with Lightning Fabric.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
     # Fabric's own defaults: under `fabric run`, a value set here that differs from the CLI's
     # is an error, and these leave the choice to the CLI.
     parser.add_argument("--devices", type=devices, default="auto", help="a count, or auto")
-    parser.add_argument("--num-nodes", type=task.positive_int, default=1)
+    parser.add_argument("--num-nodes", type=contract.positive_int, default=1)
     parser.add_argument("--strategy", default="auto", help="auto, ddp, deepspeed_stage_2, fsdp")
-    parser.add_argument("--precision", choices=task.PRECISIONS, default=None, help="32-true")
+    parser.add_argument("--precision", choices=contract.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
 
 
 def devices(text: str) -> int | str:
-    return text if text == "auto" else task.positive_int(text)
+    return text if text == "auto" else contract.positive_int(text)
 
 
 def main() -> None:
     args = parse_args()
     if args.resume and args.run_dir is None:
-        raise task.UsageError("--resume continues the run in --run-dir: name that directory")
-    on_cuda = task.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
-    task.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
-    task.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
-    task.check_devices(args.accelerator, args.devices)
+        raise contract.UsageError("--resume continues the run in --run-dir: name that directory")
+    on_cuda = contract.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
+    contract.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
+    contract.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
+    contract.check_devices(args.accelerator, args.devices)
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
@@ -65,7 +65,7 @@ def main() -> None:
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
         fabric.launch()  # starts the other processes when --devices > 1
     run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
-    task.check_run_dir(run_dir, args.resume)
+    contract.check_run_dir(run_dir, args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
     fabric.seed_everything(args.seed)
@@ -80,12 +80,12 @@ def main() -> None:
     # Where training stands: a checkpoint restores it exactly, mid-epoch included.
     state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
     if args.resume:
-        with task.loading_checkpoint(checkpoint_path):
+        with contract.loading_checkpoint(checkpoint_path):
             progress = fabric.load(checkpoint_path, state)  # model and optimizer in place
         model.load_progress_state(progress, fabric.global_rank)
         for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
             fabric.log_dict(metrics)
-        fabric.print(task.resume_line(checkpoint_path, state))
+        fabric.print(contract.resume_line(checkpoint_path, state))
     # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
     train_loader._num_iter_calls = state["epoch"]
 
@@ -94,7 +94,7 @@ def main() -> None:
         fabric.call("on_train_epoch_start")
         model.train()
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
-        batches = task.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
+        batches = contract.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
         for i, batch in enumerate(batches, start=state["batch"]):
             last_micro_batch = (i + 1) % args.accumulate == 0
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
@@ -111,7 +111,7 @@ def main() -> None:
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
                     fabric.save(checkpoint_path, {**state, **model.progress_state()})
-                task.inject_fault("step", state["steps"])
+                contract.inject_fault("step", state["steps"])
         validate(fabric, model, val_loader)
         fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
         state.update(epoch=epoch + 1, batch=0)
@@ -119,7 +119,7 @@ def main() -> None:
 
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
     if fabric.is_global_zero:
-        record = task.RunRecord(
+        record = contract.RunRecord(
             runner="fabric",
             world_size=fabric.world_size,
             device=fabric.device.type,
@@ -132,9 +132,9 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             epochs=model.history,
         )
-        task.save_run(run_dir, record, model.model.state_dict())
+        contract.save_run(run_dir, record, model.model.state_dict())
     fabric.barrier()  # every rank waits for rank 0's files
-    task.end_distributed_run(fabric.world_size > 1)
+    contract.end_distributed_run(fabric.world_size > 1)
 
 
 @torch.no_grad()
@@ -147,4 +147,4 @@ def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.Da
 
 
 if __name__ == "__main__":
-    task.run_main(main)
+    contract.run_main(main)

@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
+import contract
 import task
 from datamodule import TaskDataModule
 
@@ -93,7 +94,7 @@ class MLPClassifier(L.LightningModule):
         return metrics
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        task.inject_fault("step", self.trainer.global_step)  # for the resume tests
+        contract.inject_fault("step", self.trainer.global_step)  # for the resume tests
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts its clock here
@@ -105,7 +106,7 @@ class MLPClassifier(L.LightningModule):
         metrics = self.epoch_metrics()
         metrics["epoch_s"] = time.perf_counter() - self._epoch_start  # training + validation
         if self.trainer.global_rank == 0:  # under Fabric, `self.trainer` forwards to Fabric
-            tqdm.write(task.epoch_line(len(self.history) + 1, metrics))
+            tqdm.write(contract.epoch_line(len(self.history) + 1, metrics))
         self.history.append(metrics)
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
 
@@ -156,31 +157,33 @@ class TaskCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
         if trainer.max_epochs is None or trainer.max_epochs < 1:
-            raise task.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
+            raise contract.UsageError(
+                f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more"
+            )
         if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
             data = self.config[self.subcommand].data
             num_val = round(data.val_fraction * data.num_samples)
             processes = int(trainer.devices) * trainer.num_nodes
-            task.micro_batch_size(
+            contract.micro_batch_size(
                 data.batch_size,
                 processes,
                 trainer.accumulate_grad_batches,
                 data.num_samples - num_val,
             )
-            task.check_val_split(num_val, processes)
-        on_cuda = task.cuda_requested(str(trainer.accelerator))
+            contract.check_val_split(num_val, processes)
+        on_cuda = contract.cuda_requested(str(trainer.accelerator))
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
-        task.check_precision(str(trainer.precision), on_cuda)
-        task.check_strategy(str(trainer.strategy), on_cuda)
-        task.check_devices(str(trainer.accelerator), trainer.devices)
+        contract.check_precision(str(trainer.precision), on_cuda)
+        contract.check_strategy(str(trainer.strategy), on_cuda)
+        contract.check_devices(str(trainer.accelerator), trainer.devices)
 
     def before_fit(self) -> None:
         run_dir, ckpt_path = Path(self.trainer.log_dir), self.config.fit.ckpt_path
-        task.check_run_dir(run_dir, resume=ckpt_path is not None)
+        contract.check_run_dir(run_dir, resume=ckpt_path is not None)
         if ckpt_path is not None:
             # Refuse a missing, corrupt or unsafe checkpoint here, in one line, not mid-fit.
             path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-            with task.loading_checkpoint(path):
+            with contract.loading_checkpoint(path):
                 torch.load(path, map_location="cpu", weights_only=True)
         self._start = time.perf_counter()
 
@@ -190,11 +193,11 @@ class TaskCLI(LightningCLI):
         if trainer.is_global_zero:
             self._save_run(run_dir)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
-        task.end_distributed_run(trainer.world_size > 1)
+        contract.end_distributed_run(trainer.world_size > 1)
 
     def _save_run(self, run_dir: Path) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule
-        record = task.RunRecord(
+        record = contract.RunRecord(
             runner="lightning",
             world_size=trainer.world_size,
             device=module.device.type,
@@ -207,14 +210,14 @@ class TaskCLI(LightningCLI):
             wall_clock_s=time.perf_counter() - self._start,
             epochs=module.history,
         )
-        task.save_run(run_dir, record, module.model.state_dict())
+        contract.save_run(run_dir, record, module.model.state_dict())
 
 
 class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config file is reported as the contract's one line, exit status 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        task.fail(" ".join(message.split()) + " (see --help)")
+        contract.fail(" ".join(message.split()) + " (see --help)")
 
 
 def main() -> None:
@@ -234,4 +237,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    task.run_main(main)
+    contract.run_main(main)

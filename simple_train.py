@@ -28,13 +28,16 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+import contract
 import task
 
 
 def parse_args() -> object:
-    parser = task.task_parser("Train the task with plain PyTorch (torchrun for several processes).")
+    parser = contract.task_parser(
+        "Train the task with plain PyTorch (torchrun for several processes)."
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--precision", choices=task.PRECISIONS, default="32-true")
+    parser.add_argument("--precision", choices=contract.PRECISIONS, default="32-true")
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
     return parser.parse_args()
 
@@ -48,21 +51,21 @@ def main() -> None:
         int(os.environ.get("WORLD_SIZE", 1)),
     )
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    task.check_precision(args.precision, device.type == "cuda")
-    task.check_strategy(args.strategy, device.type == "cuda")
+    contract.check_precision(args.precision, device.type == "cuda")
+    contract.check_strategy(args.strategy, device.type == "cuda")
     if args.strategy == "fsdp" and not ddp:  # fully_shard needs torchrun's process group
-        raise task.UsageError(
+        raise contract.UsageError(
             "--strategy fsdp shards over processes: start it with torchrun --nproc_per_node N"
         )
     dataset = task.make_dataset(args.num_samples, seed=args.seed)
     train_set, val_set = task.split_dataset(dataset, seed=args.seed)
-    micro_batch = task.micro_batch_size(
+    micro_batch = contract.micro_batch_size(
         args.batch_size, world_size, args.accumulate, len(train_set)
     )
-    task.check_val_split(len(val_set), world_size)
-    run_dir = task.resolve_run_dir(args.run_dir, "torch", args.resume)
+    contract.check_val_split(len(val_set), world_size)
+    run_dir = contract.resolve_run_dir(args.run_dir, "torch", args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    checkpoint = task.load_checkpoint(checkpoint_path) if args.resume else None
+    checkpoint = contract.load_checkpoint(checkpoint_path) if args.resume else None
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
@@ -88,7 +91,7 @@ def main() -> None:
     # Each rank takes every world_size-th sample of a permutation seeded with seed + epoch.
     train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_set, world_size, rank, shuffle=False)
-    loader = functools.partial(DataLoader, batch_size=micro_batch, collate_fn=task.batch_collate)
+    loader = functools.partial(DataLoader, batch_size=micro_batch)
     train_loader, val_loader = (
         loader(train_set, sampler=train_sampler),
         loader(val_set, sampler=val_sampler),
@@ -102,7 +105,7 @@ def main() -> None:
         scaler.load_state_dict(checkpoint.pop("scaler"))
         state = checkpoint
         if master:
-            print(task.resume_line(checkpoint_path, state), flush=True)
+            print(contract.resume_line(checkpoint_path, state), flush=True)
 
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
@@ -114,7 +117,7 @@ def main() -> None:
         train_count = state["count"] if master else 0
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
         for i, (x, y) in enumerate(
-            task.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
+            contract.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
         ):
             x, y = x.to(device), y.to(device)
             last_micro_batch = (i + 1) % args.accumulate == 0
@@ -135,11 +138,11 @@ def main() -> None:
                     loss_sum, count = all_ranks_sum(train_loss_sum, train_count, ddp)
                     state.update(epoch=epoch, batch=i + 1, loss_sum=loss_sum, count=count)
                     save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
-                task.inject_fault("step", state["steps"])
+                contract.inject_fault("step", state["steps"])
         metrics = evaluate(model, val_loader, autocast, train_loss_sum, train_count, ddp)
         state["history"].append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
         if master:
-            print(task.epoch_line(epoch + 1, metrics), flush=True)
+            print(contract.epoch_line(epoch + 1, metrics), flush=True)
         state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, count=0)
         save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
 
@@ -147,7 +150,7 @@ def main() -> None:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(raw_model, options=options)
     if master:
-        record = task.RunRecord(
+        record = contract.RunRecord(
             runner="torch",
             world_size=world_size,
             device=device.type,
@@ -160,10 +163,10 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             epochs=state["history"],
         )
-        task.save_run(run_dir, record, model_state)
+        contract.save_run(run_dir, record, model_state)
     if ddp:
         dist.barrier()  # every rank waits for rank 0's files
-    task.end_distributed_run(ddp)
+    contract.end_distributed_run(ddp)
 
 
 def all_ranks_sum(loss_sum: torch.Tensor, count: int, ddp: bool) -> tuple[float, int]:
@@ -188,7 +191,7 @@ def save_checkpoint(
     if master:
         full = {**state, "model": model_state, "optimizer": optimizer_state,
                 "scaler": scaler.state_dict()}  # fmt: skip
-        task.save_checkpoint(path, full)
+        contract.save_checkpoint(path, full)
 
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -196,7 +199,7 @@ AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise task.UsageError(
+        raise contract.UsageError(
             "--device cuda was asked for, but no CUDA GPU is visible; use --device cpu"
         )
     if choice == "cpu" or not torch.cuda.is_available():
@@ -246,4 +249,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    task.run_main(main)
+    contract.run_main(main)

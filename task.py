@@ -1,32 +1,19 @@
-"""The task, defined once: data, model, data order and the run-directory contract.
+"""The task, defined once: the data, the split, the model, the data order and the defaults.
 
-Every runner imports this module. It needs torch and the standard library only, so that
-`simple_train.py` runs where nothing but torch is installed (tqdm, if present, draws its bar).
+This is all that the minimal loops in `minimal/` import, and what the full runners train. It
+needs torch alone. The full runners' shared promises (arguments, run directories, records,
+checkpoints, errors) live in `contract.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib.metadata
-import importlib.util
-import json
-import os
-import re
-import signal
-import sys
-import tempfile
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler, TensorDataset
-
-T = TypeVar("T")
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 # The original project's task; every runner and test reads these defaults from here.
 NUM_SAMPLES = 1000
@@ -36,14 +23,9 @@ HIDDEN_DIM = 32
 LABEL_NOISE = 0.1
 VAL_FRACTION = 0.2
 SEED = 42
-GLOBAL_BATCH_SIZE = 32
+GLOBAL_BATCH_SIZE = 32  # split over processes: 2 processes take 16 each per step
 LEARNING_RATE = 1e-3
 EPOCHS = 5
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2, before any training."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,26 +58,55 @@ def split_dataset(
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))
     train_idx, val_idx = order[num_val:], order[:num_val]
     x, y = dataset.tensors
-    return BatchTensorDataset(x[train_idx], y[train_idx]), BatchTensorDataset(
-        x[val_idx], y[val_idx]
+    return (
+        BatchTensorDataset(x[train_idx], y[train_idx]),
+        BatchTensorDataset(x[val_idx], y[val_idx]),
     )
 
 
 class BatchTensorDataset(TensorDataset):
-    """Fetches a whole batch with one index per tensor: the DataLoader calls `__getitems__`.
+    """A `TensorDataset` that fetches a batch with one index per tensor instead of one per sample.
 
-    The default path fetches 32 samples one by one and stacks them (measured ~150 us a step,
-    as much as the model's forward and backward); the batches and their order are the same.
+    Use it like any dataset: `DataLoader(train_set, batch_size=32)` yields `[x, y]` batches, and
+    a `collate_fn` of your own receives the usual list of `(x, y)` samples. Fetching 32 samples
+    one by one and stacking them costs ~150 us a step here, as much as the model's forward and
+    backward; the DataLoader asks `__getitems__` for the whole batch instead (same batches).
     """
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+    def __getitems__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices)
-        return tuple(t[index] for t in self.tensors)
+        return Batch(tuple(t[index] for t in self.tensors))
 
 
-def batch_collate(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """`BatchTensorDataset` hands over finished batches: nothing is left to collate."""
-    return batch
+class Sample(tuple):
+    """One `(x, y)` sample taken out of a `Batch`."""
+
+
+class Batch(Sequence):
+    """A fetched batch that reads as a sequence of samples, built already."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return Sample(t[i] for t in self.tensors)
+
+
+def collate_batch(samples: Sequence[Sample], *, collate_fn_map: Any = None) -> list[torch.Tensor]:
+    """default_collate's rule for samples of a `Batch`: hand back its tensors, nothing to stack."""
+    if isinstance(samples, Batch):
+        return list(samples.tensors)
+    return [torch.stack(column) for column in zip(*samples, strict=True)]
+
+
+# torch's documented way to teach `default_collate` a type: the DataLoader's default collate
+# (and so every framework's) then returns a Batch's tensors as they are.
+default_collate_fn_map[Sample] = collate_batch
 
 
 class EpochShuffleSampler(RandomSampler):
@@ -109,7 +120,7 @@ class EpochShuffleSampler(RandomSampler):
     (seeded with the same seed through `seed_everything`).
     """
 
-    def __init__(self, data_source: Sequence[Any], seed: int) -> None:
+    def __init__(self, data_source: Sequence[Any], seed: int = SEED) -> None:
         super().__init__(data_source)
         self.seed = seed
         self.epoch = 0
@@ -120,72 +131,6 @@ class EpochShuffleSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
-
-
-def micro_batch_size(global_batch: int, world_size: int, accumulate: int, num_train: int) -> int:
-    """The per-device batch of one forward pass: global batch / (processes x accumulation steps).
-
-    Refuses splits that would silently change the optimisation: a remainder, or a data set that
-    the processes cannot share evenly (DistributedSampler would pad it with duplicates).
-    """
-    split = world_size * accumulate
-    if global_batch % split:
-        raise UsageError(
-            f"global batch size {global_batch} is not divisible by {world_size} process(es) x "
-            f"{accumulate} accumulation step(s); use a multiple of {split}"
-        )
-    if num_train % world_size:
-        raise UsageError(
-            f"{num_train} training samples cannot be shared evenly by {world_size} processes; "
-            "choose a number of samples or processes that divides it"
-        )
-    return global_batch // split
-
-
-def cuda_requested(accelerator: str) -> bool:
-    """Whether an accelerator choice (auto, cpu, cuda, gpu) ends up on CUDA GPUs here."""
-    return accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
-
-
-def check_devices(accelerator: str, devices: int | str) -> None:
-    """Refuse GPUs that are not there, before a framework fails on them with a traceback."""
-    if accelerator not in ("cuda", "gpu"):
-        return
-    visible = torch.cuda.device_count()
-    if visible == 0:
-        raise UsageError(
-            f"accelerator {accelerator} asked for, but no CUDA GPU is visible; use cpu"
-        )
-    if isinstance(devices, int) and devices > visible:
-        raise UsageError(f"{devices} GPUs asked for, but {visible} are visible")
-
-
-def check_precision(precision: str, on_cuda: bool) -> None:
-    """fp16 autocast needs CUDA; the frameworks would swap in bf16 or ignore it: refuse instead."""
-    if precision.startswith("16") and not on_cuda:
-        raise UsageError(
-            f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed or 32-true"
-        )
-
-
-def check_strategy(strategy: str, on_cuda: bool) -> None:
-    """DeepSpeed and FSDP shard over CUDA GPUs; refuse them elsewhere instead of falling back."""
-    name = strategy.lower()
-    if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
-        raise UsageError(
-            f"strategy {strategy} needs the deepspeed package: pip install -e '.[deepspeed]'"
-        )
-    if ("deepspeed" in name or "fsdp" in name) and not on_cuda:
-        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use ddp")
-
-
-def check_val_split(num_val: int, world_size: int) -> None:
-    """Validation must see each sample exactly once: N processes must divide the validation set."""
-    if num_val % world_size:
-        raise UsageError(
-            f"{num_val} validation samples cannot be shared evenly by {world_size} processes; "
-            "choose a number of samples or processes that divides it"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,253 +151,3 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.relu(self.hidden(x)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Console and run directory
-# ---------------------------------------------------------------------------------------------
-def epoch_line(epoch: int, metrics: dict[str, float]) -> str:
-    return (
-        f"epoch {epoch}  train_loss {metrics['train_loss']:.4f}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}"
-    )
-
-
-def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
-    """A tqdm bar on rank 0 when stderr is a terminal; without tqdm installed, no bar."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
-
-
-def next_run_dir(root: str | Path, runner: str) -> Path:
-    """`root/runner/version_N` with N one past the highest there: runs never collide."""
-    parent = Path(root) / runner
-    versions = [
-        int(m.group(1))
-        for p in (parent.iterdir() if parent.is_dir() else [])
-        if (m := re.fullmatch(r"version_(\d+)", p.name))
-    ]
-    return parent / f"version_{max(versions, default=-1) + 1}"
-
-
-def resolve_run_dir(run_dir: Path | None, runner: str, resume: bool) -> Path:
-    """The run directory: a new `runs/<runner>/version_N`, or the one given, never overwritten."""
-    if run_dir is None:
-        if resume:
-            raise UsageError("--resume continues the run in --run-dir: name that directory")
-        return next_run_dir("runs", runner)
-    check_run_dir(run_dir, resume)
-    return run_dir
-
-
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """An earlier run's files are never overwritten: finished runs stay, others need --resume."""
-    if (run_dir / "model.pt").exists():
-        raise UsageError(
-            f"{run_dir} already holds a finished run (model.pt); choose another run directory"
-        )
-    if not resume and (run_dir / "checkpoints").exists():
-        raise UsageError(
-            f"{run_dir} holds an unfinished run; add --resume to continue it, "
-            "or choose another run directory"
-        )
-
-
-def framework_versions() -> dict[str, str]:
-    versions = {}
-    for package in ("torch", "lightning", "accelerate", "torchmetrics"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return versions
-
-
-_writes: dict[str, int] = {}  # atomic writes per file name, for inject_fault
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write beside `path`, then rename: a kill leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        _writes[path.name] = _writes.get(path.name, 0) + 1
-        inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@dataclass
-class RunRecord:
-    """What `metrics.json` holds: the contract's fields, the same for every runner."""
-
-    runner: str
-    world_size: int
-    device: str
-    precision: str
-    seed: int
-    global_batch_size: int
-    per_device_batch_size: int
-    accumulate_grad_batches: int
-    optimizer_steps: int
-    wall_clock_s: float
-    epochs: list[dict[str, float]]
-
-    def to_json(self) -> dict[str, Any]:
-        fields = dict(vars(self), epochs=[{"epoch": i + 1, **m} for i, m in enumerate(self.epochs)])
-        return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
-
-
-def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tensor]) -> None:
-    """Rank 0's outputs: `metrics.json`, then the MLP's plain `state_dict` as `model.pt`."""
-    state = {k: v.detach().cpu().clone() for k, v in model_state.items()}
-    text = json.dumps(record.to_json(), indent=2) + "\n"
-    atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
-    atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Tensors and plain values only (`weights_only`): a file that would run code is refused."""
-    with loading_checkpoint(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@contextlib.contextmanager
-def loading_checkpoint(path: Path) -> Iterator[None]:
-    """Turns a missing, corrupt or unsafe checkpoint into the contract's one-line error."""
-    if not path.exists():
-        raise UsageError(f"no checkpoint to resume from at {path}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # torch warns before it refuses
-            yield
-        for warning in caught:
-            warnings.showwarning(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    except Exception as err:  # UnpicklingError, a truncated file's RuntimeError, EOFError...
-        raise UsageError(
-            f"{path} is not a loadable checkpoint ({type(err).__name__}: it is corrupt, or holds "
-            "objects that would run code when unpickled); remove it to resume from scratch"
-        ) from None
-
-
-def resume_line(path: Path, state: dict[str, Any]) -> str:
-    return (
-        f"resumed from {path}: epoch {state['epoch'] + 1}, batch {state['batch']}, "
-        f"optimizer step {state['steps']}"
-    )
-
-
-def inject_fault(point: str, count: int) -> None:
-    """Fault injection for the resume tests: TASK_FAULT=<point>:<count> kills rank 0 there.
-
-    SIGKILL, as `kill -9` from outside would: no cleanup, no atexit, no flushed buffers.
-    """
-    if os.environ.get("TASK_FAULT") == f"{point}:{count}" and rank() == 0:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def rank() -> int:
-    """This process's global rank, from the launcher's environment (0 when there is none)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line shared by the hand-written runners (the Trainer uses LightningCLI)
-# ---------------------------------------------------------------------------------------------
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as the contract's one line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)")
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 2. Under several processes only rank 0 speaks."""
-    if rank() == 0:
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a positive finite number")
-    return value
-
-
-def task_parser(description: str) -> ArgumentParser:
-    """The task's knobs, named as in the contract; each runner adds its framework's own."""
-    parser = ArgumentParser(description=description)
-    task = parser.add_argument_group("task")
-    task.add_argument("--seed", type=int, default=SEED)
-    task.add_argument("--epochs", type=positive_int, default=EPOCHS)
-    task.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=GLOBAL_BATCH_SIZE,
-        help="GLOBAL batch size",
-    )
-    task.add_argument("--lr", type=positive_float, default=LEARNING_RATE)
-    task.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES)
-    task.add_argument("--hidden-dim", type=positive_int, default=HIDDEN_DIM)
-    task.add_argument(
-        "--accumulate",
-        type=positive_int,
-        default=1,
-        help="micro-batches per optimizer step",
-    )
-    task.add_argument("--run-dir", type=Path, default=None, help="default: runs/<runner>/version_N")
-    task.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=None,
-        help="optimizer steps (and each epoch)",
-    )
-    task.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    return parser
-
-
-def end_distributed_run(distributed: bool) -> None:
-    """Leave a multi-process run without tearing its process group down (call on every rank).
-
-    gloo's process group, when destroyed, joins its worker threads while holding the GIL, and a
-    worker that still has to release a tensor created in Python waits for the GIL: the process
-    hangs at exit (seen in about 1 run in 20 with two CPU processes, torch 2.13, in plain,
-    Accelerate and the launchers above them). Every rank has passed a barrier and rank 0 has
-    written its files, so nothing is lost by skipping the destructors.
-    """
-    if distributed:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
-def run_main(main: Callable[[], None]) -> None:
-    """Entry-point guard: a UsageError becomes the contract's one line and exit status 2."""
-    try:
-        main()
-    except UsageError as err:
-        fail(str(err))

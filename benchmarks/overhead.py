@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
+import contract
 import task
 
 RUNNERS = ("raw", "torch", "fabric", "accelerate", "lightning")
@@ -669,12 +670,14 @@ def plot_profile(res: Results, path: Path) -> None:
 # Main
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> Any:
-    parser = task.ArgumentParser(description="Measure the cost each framework adds per step.")
+    parser = contract.ArgumentParser(description="Measure the cost each framework adds per step.")
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--repeats", type=task.positive_int, help="headline repeats (default 5)")
-    parser.add_argument("--sweep-repeats", type=task.positive_int, help="other sections (2)")
-    parser.add_argument("--timeout", type=task.positive_float, default=600, help="s per run")
+    parser.add_argument(
+        "--repeats", type=contract.positive_int, help="headline repeats (default 5)"
+    )
+    parser.add_argument("--sweep-repeats", type=contract.positive_int, help="other sections (2)")
+    parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
     parser.add_argument(
         "--max-wait", type=float, default=MAX_WAIT_S, help="s to wait for a quiet machine per run"
     )

@@ -20,19 +20,22 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for task.py
+import contract
 import task
 
 
 def main() -> None:
-    args = task.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
+    args = contract.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
     args = args.parse_args()
     if args.accumulate != 1:
-        raise task.UsageError("the raw-tensor loop does not accumulate; leave --accumulate at 1")
+        raise contract.UsageError(
+            "the raw-tensor loop does not accumulate; leave --accumulate at 1"
+        )
     train_set, val_set = task.split_dataset(
         task.make_dataset(args.num_samples, seed=args.seed), seed=args.seed
     )
-    run_dir = args.run_dir or task.next_run_dir("runs", "raw")
-    task.check_run_dir(run_dir, resume=False)
+    run_dir = args.run_dir or contract.next_run_dir("runs", "raw")
+    contract.check_run_dir(run_dir, resume=False)
     (x, y), (val_x, val_y) = train_set.tensors, val_set.tensors
     batch = args.batch_size
 
@@ -57,9 +60,9 @@ def main() -> None:
             {**evaluate(model, val_x, val_y, batch, loss_sum.item() / len(x))}
             | {"epoch_s": time.perf_counter() - epoch_start}
         )
-        print(task.epoch_line(epoch + 1, history[-1]), flush=True)
+        print(contract.epoch_line(epoch + 1, history[-1]), flush=True)
 
-    record = task.RunRecord(
+    record = contract.RunRecord(
         runner="raw",
         world_size=1,
         device="cpu",
@@ -91,4 +94,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    task.run_main(main)
+    contract.run_main(main)

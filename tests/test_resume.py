@@ -23,7 +23,7 @@ from conftest import (
     run_env,
 )  # fmt: skip
 
-import task
+import contract
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
 # after the checkpoint at step 56, the newest complete one: epoch 3, batch 6.
@@ -151,7 +151,7 @@ def test_resume_without_a_checkpoint_is_refused(name: str, tmp_path: Path) -> No
 def test_a_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     path.parent.mkdir(parents=True)
-    task.save_checkpoint(path, {"model": {"w": torch.ones(1000)}})
+    contract.save_checkpoint(path, {"model": {"w": torch.ones(1000)}})
     path.write_bytes(path.read_bytes()[:500])
     result = run(BY_NAME["torch"].command(tmp_path / "run", 1, ["--resume"]))
     assert result.returncode == 2 and "not a loadable checkpoint" in result.stderr

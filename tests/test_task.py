@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
+import contract
 import task
 
 
@@ -62,21 +63,21 @@ def test_one_device_walks_the_order_of_distributed_sampler(epoch: int) -> None:
 
 
 def test_global_batch_is_split_or_refused() -> None:
-    assert task.micro_batch_size(32, world_size=2, accumulate=1, num_train=800) == 16
-    assert task.micro_batch_size(32, world_size=2, accumulate=2, num_train=800) == 8
-    with pytest.raises(task.UsageError, match="not divisible"):
-        task.micro_batch_size(32, world_size=3, accumulate=1, num_train=800)
-    with pytest.raises(task.UsageError, match="shared evenly"):
-        task.micro_batch_size(32, world_size=2, accumulate=1, num_train=801)
-    with pytest.raises(task.UsageError, match="validation"):
-        task.check_val_split(200, world_size=16)
+    assert contract.micro_batch_size(32, world_size=2, accumulate=1, num_train=800) == 16
+    assert contract.micro_batch_size(32, world_size=2, accumulate=2, num_train=800) == 8
+    with pytest.raises(contract.UsageError, match="not divisible"):
+        contract.micro_batch_size(32, world_size=3, accumulate=1, num_train=800)
+    with pytest.raises(contract.UsageError, match="shared evenly"):
+        contract.micro_batch_size(32, world_size=2, accumulate=1, num_train=801)
+    with pytest.raises(contract.UsageError, match="validation"):
+        contract.check_val_split(200, world_size=16)
 
 
 def test_run_dirs_are_versioned(tmp_path: Path) -> None:
-    assert task.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_0"
+    assert contract.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_0"
     (tmp_path / "torch" / "version_0").mkdir(parents=True)
     (tmp_path / "torch" / "version_7").mkdir()
-    assert task.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_8"
+    assert contract.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_8"
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path: Path) -> None:
@@ -88,6 +89,27 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path: Path) ->
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        task.atomic_write(target, broken)
+        contract.atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_the_task_datasets_work_in_any_loop_a_learner_writes() -> None:
+    train, _ = task.split_dataset(task.make_dataset())
+    x, y = train.tensors
+    # The plain call, default collate: whole batches, equal to indexing the tensors directly.
+    loader = DataLoader(train, batch_size=32, sampler=task.EpochShuffleSampler(train))
+    order = list(task.EpochShuffleSampler(train))
+    batches = list(loader)
+    assert len(batches) == 25
+    for step, (bx, by) in enumerate(batches):
+        idx = order[step * 32 : (step + 1) * 32]
+        assert torch.equal(bx, x[idx]) and torch.equal(by, y[idx])
+    # A collate_fn of one's own receives (x, y) samples, as from any map-style dataset.
+    samples = next(iter(DataLoader(train, batch_size=4, collate_fn=list)))
+    assert len(samples) == 4 and all(len(s) == 2 and s[0].shape == (10,) for s in samples)
+    assert torch.equal(samples[1][0], x[1]) and samples[1][1] == y[1]
+    stacked = next(iter(DataLoader(train, batch_size=4, collate_fn=default_collate)))
+    assert torch.equal(stacked[0], x[:4]) and torch.equal(stacked[1], y[:4])
+    # One sample at a time, as TensorDataset gives it.
+    assert torch.equal(train[5][0], x[5])
