@@ -1,21 +1,29 @@
-"""Helpers that run the real entry points as subprocesses, as a user would type them."""
+"""Helpers that run the real entry points as subprocesses, as a user would type them.
+
+Every command asks for the CPU explicitly, so that the suite computes the same thing on a machine
+with GPUs as without. Runs that several tests read are made once per session and shared by the
+pytest-xdist workers (`shared_runs`): a session fixture alone would run once per worker.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from filelock import FileLock
 from torch.utils.data import RandomSampler
 
+import parity
 import task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +67,11 @@ class Runner:
     def command(self, run_dir: Path, processes: int = 1, args: Sequence[str] = ()) -> list[str]:
         port = str(free_port())
         if self.name == "torch":
+            script = ["simple_train.py", "--device", "cpu", "--run-dir", str(run_dir), *args]
             if processes == 1:
-                return [PYTHON, "simple_train.py", "--run-dir", str(run_dir), *args]
+                return [PYTHON, *script]
             launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
-            return [PYTHON, *launcher, f"--master_port={port}", "simple_train.py",
-                    "--run-dir", str(run_dir), *args]  # fmt: skip
+            return [PYTHON, *launcher, f"--master_port={port}", *script]
         if self.name == "fabric":
             return [PYTHON, "fabric_train.py", "--accelerator", "cpu", "--devices",
                     str(processes), "--run-dir", str(run_dir), *args]  # fmt: skip
@@ -94,6 +102,12 @@ class Runner:
 
 RUNNERS = [Runner("torch"), Runner("lightning"), Runner("fabric"), Runner("accelerate")]
 
+# Refusals that exist because this machine has no CUDA GPU: on a machine with one, the same
+# command is a legitimate GPU run, so there is nothing to refuse.
+without_cuda = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a refusal for machines without a CUDA GPU"
+)
+
 
 def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "model.pt", weights_only=True)
@@ -103,31 +117,82 @@ def load_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+max_abs_diff = parity.max_abs_diff
+
+
+@functools.cache
+def reference(setup: parity.Setup) -> dict[str, torch.Tensor]:
+    """The in-process replay of a runner's own arithmetic (parity.replay), computed once."""
+    return parity.replay(setup)
+
+
+def assert_equals_replay(name: str, run_dir: Path, setup: parity.Setup) -> None:
+    """A run's model.pt must equal, bit for bit, the replay of its runner's own arithmetic."""
+    weights, replayed = load_weights(run_dir), reference(setup)
+    diff = max_abs_diff(weights, replayed)
+    assert parity.bitwise_equal(weights, replayed), (
+        f"{name}: {diff:.2e} from the replay ({setup.grouping}, {setup.processes} process(es), "
+        f"{setup.precision}, accumulate {setup.accumulate})"
+    )
+
+
+def in_parallel(jobs: dict[str, Callable[[], subprocess.CompletedProcess[str]]]) -> dict:
+    """Run independent single-process jobs two at a time; results keyed like the jobs."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def shared_runs(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """A folder of runs made once per session, even with several pytest-xdist workers.
+
+    The first worker to ask makes it under a lock; the others wait, then read the same folder
+    (pytest-xdist's documented pattern for session data). Without xdist it is a plain folder.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = factory.mktemp(name)
+        make(folder)
+        return folder
+    folder = factory.getbasetemp().parent / name  # this session's folder, above the workers'
+    with FileLock(f"{folder}.lock"):
+        done = folder / ".done"
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
+def train_all(
+    root: Path, processes: int = 1, args: Callable[[str], Sequence[str]] = lambda name: ()
+) -> None:
+    """Every runner into root/<name>, console saved; single processes two at a time."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def job(runner: Runner) -> Callable[[], subprocess.CompletedProcess[str]]:
+        return lambda: runner.train(root / runner.name, processes, args(runner.name))
+
+    if processes == 1:
+        results = in_parallel({r.name: job(r) for r in RUNNERS})
+    else:  # two processes already fill both cores
+        results = {r.name: job(r)() for r in RUNNERS}
+    for name, result in results.items():
+        (root / name / "console.txt").write_text(result.stdout)
 
 
 @pytest.fixture(scope="session")
 def single_device_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The four runners once each with the defaults, shared by the tests that read them."""
-    root = tmp_path_factory.mktemp("single")
-    dirs = {}
-    for runner in RUNNERS:
-        dirs[runner.name] = root / runner.name
-        result = runner.train(dirs[runner.name])
-        (dirs[runner.name] / "console.txt").write_text(result.stdout)
-    return dirs
+    root = shared_runs(tmp_path_factory, "single", train_all)
+    return {runner.name: root / runner.name for runner in RUNNERS}
 
 
-def shared_order(train_set: Sequence, epoch: int) -> list[int]:
+def shared_order(train_set: Sequence, epoch: int, seed: int = task.SEED) -> list[int]:
     """The runners' order: DistributedSampler's permutation, seeded with seed + epoch."""
-    sampler = task.EpochShuffleSampler(train_set, seed=task.SEED)
-    sampler.set_epoch(epoch)
-    return list(sampler)
+    return parity.epoch_order(train_set, epoch, seed)
 
 
-def default_shuffle_order(train_set: Sequence, epoch: int) -> list[int]:
+def default_shuffle_order(train_set: Sequence, epoch: int, seed: int = 0) -> list[int]:
     """What `DataLoader(shuffle=True)` does: a RandomSampler seeded from the global RNG."""
     return list(RandomSampler(train_set))
 
@@ -136,26 +201,9 @@ def replay(
     micro_batch: int,
     accumulate: int,
     divide_loss: bool = True,
-    order: Callable[[Sequence, int], list[int]] = shared_order,
+    order: Callable[[Sequence, int, int], list[int]] = shared_order,
+    **setup: object,
 ) -> dict[str, torch.Tensor]:
-    """The reference loop in-process (one thread), with K micro-batches per optimizer step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_set, _ = task.split_dataset(task.make_dataset())
-        x, y = train_set.tensors
-        torch.manual_seed(task.SEED)
-        model = task.MLP()
-        optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
-        for epoch in range(task.EPOCHS):
-            indices = torch.tensor(order(train_set, epoch))
-            for i in range(len(indices) // micro_batch):
-                idx = indices[i * micro_batch : (i + 1) * micro_batch]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                (loss / accumulate if divide_loss else loss).backward()
-                if (i + 1) % accumulate == 0:
-                    optimizer.step()
-                    optimizer.zero_grad()
-        return model.state_dict()
-    finally:
-        torch.set_num_threads(threads)
+    """parity.replay on one process with K micro-batches per step; `setup`: other Setup fields."""
+    config = parity.Setup(batch_size=micro_batch * accumulate, accumulate=accumulate, **setup)
+    return parity.replay(config, divide_loss=divide_loss, order=order)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RUNNERS, run
+from conftest import RUNNERS, run, without_cuda
 
 BY_NAME = {runner.name: runner for runner in RUNNERS}
 COMMON = {  # the same mistakes, in each runner's own spelling
@@ -20,7 +20,17 @@ COMMON = {  # the same mistakes, in each runner's own spelling
     "accelerate": [["--bogus"], ["--epochs", "0"], ["--batch-size", "0"], ["--lr", "inf"],
                    ["--batch-size", "30", "--accumulate", "4"], ["--mixed-precision", "fp16"]],
 }  # fmt: skip
-CASES = [(name, args) for name, cases in COMMON.items() for args in cases]
+NEEDS_NO_GPU = [["--device", "cuda"], ["--accelerator", "cuda"], ["--trainer.accelerator", "gpu"]]
+
+
+def case(name: str, args: list[str], first: bool) -> object:
+    """The first mistake of each runner runs in the fast subset; the others are marked slow."""
+    marks = [] if first else [pytest.mark.slow]
+    marks += [without_cuda] if args in NEEDS_NO_GPU else []
+    return pytest.param(name, args, marks=marks, id=f"{name}:{' '.join(args)}")
+
+
+CASES = [case(name, args, i == 0) for name, cases in COMMON.items() for i, args in enumerate(cases)]
 
 
 def assert_refused(result, run_dir: Path) -> None:
@@ -31,13 +41,14 @@ def assert_refused(result, run_dir: Path) -> None:
     assert not (run_dir / "model.pt").exists()
 
 
-@pytest.mark.parametrize(("name", "args"), CASES, ids=[f"{n}:{' '.join(a)}" for n, a in CASES])
+@pytest.mark.parametrize(("name", "args"), CASES)
 def test_bad_input_is_refused_in_one_line(name: str, args: list[str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert_refused(run(BY_NAME[name].command(run_dir, 1, args)), run_dir)
     assert not run_dir.exists() or not any(run_dir.rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_a_malformed_config_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("trainer: [unclosed\n")
@@ -47,7 +58,9 @@ def test_a_malformed_config_file_is_refused(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("name", list(BY_NAME))
+@pytest.mark.parametrize(
+    "name", ["torch", *(pytest.param(n, marks=pytest.mark.slow) for n in BY_NAME if n != "torch")]
+)
 def test_a_finished_run_is_never_overwritten(name: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()

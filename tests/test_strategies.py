@@ -1,8 +1,10 @@
 """Precision, gradient accumulation and sharded strategies: the same meaning in every runner.
 
-- bf16-mixed: the four runners agree bit for bit, really compute in bf16, and stay near fp32.
-- Accumulation: K micro-batches per optimizer step reach the 1 x 32 weights, on one process
-  (2 x 16) and on two (2 processes x 2 micro-batches x 8).
+- bf16-mixed: the four runners equal the bf16 replay of their arithmetic bit for bit (parity.py),
+  record the precision, and differ from fp32 (so they really computed in bf16).
+- Accumulation: K micro-batches per optimizer step equal the replay of that arithmetic, on one
+  process (2 x 16) and on two (2 processes x 2 micro-batches x 8, sharded by Accelerate,
+  interleaved by the others); test_parity.py shows in float64 that it is the 1 x 32 training.
 - Refusals: fp16 on a CPU, DeepSpeed / FSDP without CUDA and a missing deepspeed package end
   before training with exit status 2, one "error: ..." line and no `model.pt`.
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -27,30 +28,21 @@ from conftest import (
     ROOT,
     RUNNERS,
     Runner,
+    assert_equals_replay,
     free_port,
+    in_parallel,
     load_metrics,
     load_weights,
     max_abs_diff,
-    replay,
+    reference,
     run,
     run_env,
+    shared_runs,
+    train_all,
+    without_cuda,
 )  # fmt: skip
 
-import task
-
-# bf16-mixed vs fp32 after 5 epochs on CPU: 2.07e-3 measured in all four runners. The upper bound
-# leaves ~5x margin; below the lower bound bf16 was not really used (a silent fp32 run gives 0).
-BF16_VS_FP32_MAX = 1e-2
-BF16_VS_FP32_MIN = 1e-4
-# K micro-batches vs 1 x 32: same samples per step, another summation order (measured 6e-8 on one
-# process; 9e-8 on two for the runners that use DistributedSampler).
-ACCUMULATION_TOL = 1e-6
-# Accelerate on two processes hands out whole micro-batches of 8 (rank 0 takes samples 0-7 and
-# 16-23 of each 32), not DistributedSampler's every other sample: the same 32 samples per step
-# (test_accelerate_two_process_accumulation_takes_the_same_samples_per_step), but float32 sums
-# grouped differently, which Adam amplifies: measured 2.76e-6 (a float32 replay of that grouping
-# gives 2.8e-6; in float64 it is 1e-16 from 1 x 32).
-ACCELERATE_TWO_PROCESS_TOL = 1e-5
+import parity
 
 PRECISION_OPTION: dict[str, Callable[[str], list[str]]] = {
     "torch": lambda p: ["--precision", p],
@@ -67,133 +59,67 @@ ACCUMULATE_OPTION: dict[str, Callable[[int], list[str]]] = {
 }
 
 
-def in_parallel(jobs: dict[str, Callable[[], subprocess.CompletedProcess[str]]]) -> dict:
-    """Run independent single-process jobs two at a time; results keyed like the jobs."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(job) for key, job in jobs.items()}
-        return {key: future.result() for key, future in futures.items()}
-
-
-def train(runner: Runner, run_dir: Path, processes: int, args: Sequence[str]):
-    cmd = runner.command(run_dir, processes, args)
-    return lambda: run(cmd, run_env(MASTER_PORT=str(free_port())))
-
-
-def assert_trained(name: str, result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
-
-
 # ---------------------------------------------------------------------------------------------
 # bf16-mixed
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bf16_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bf16")
-    jobs = {r.name: train(r, root / r.name, 1, PRECISION_OPTION[r.name]("bf16-mixed"))
-            for r in RUNNERS}  # fmt: skip
-    for name, result in in_parallel(jobs).items():
-        assert_trained(name, result)
+    bf16 = lambda name: PRECISION_OPTION[name]("bf16-mixed")  # noqa: E731
+    root = shared_runs(tmp_path_factory, "bf16", lambda root: train_all(root, 1, bf16))
     return {r.name: root / r.name for r in RUNNERS}
 
 
-def test_bf16_runners_agree_bitwise_and_record_the_precision(bf16_runs: dict[str, Path]) -> None:
-    reference = load_weights(bf16_runs["torch"])
+@pytest.mark.slow
+def test_bf16_runners_equal_the_bf16_replay(bf16_runs: dict[str, Path]) -> None:
     for name, run_dir in bf16_runs.items():
         assert load_metrics(run_dir)["precision"] == "bf16-mixed", name
-        weights = load_weights(run_dir)
-        diff = max_abs_diff(weights, reference)
-        assert all(torch.equal(weights[k], reference[k]) for k in reference), (
-            f"{name} bf16-mixed is {diff:.2e} away from plain PyTorch's bf16-mixed"
-        )
+        assert_equals_replay(name, run_dir, parity.Setup(precision="bf16-mixed"))
 
 
-def test_bf16_computes_in_bf16_and_stays_near_fp32(
-    bf16_runs: dict[str, Path], single_device_runs: dict[str, Path]
-) -> None:
+@pytest.mark.slow
+def test_bf16_runs_really_computed_in_bf16(bf16_runs: dict[str, Path]) -> None:
+    fp32 = reference(parity.Setup())  # measured 2.1e-3 away from the bf16 runs
     for name, run_dir in bf16_runs.items():
-        diff = max_abs_diff(load_weights(run_dir), load_weights(single_device_runs[name]))
-        assert diff <= BF16_VS_FP32_MAX, f"{name}: bf16-mixed is {diff:.2e} away from fp32"
-        assert diff >= BF16_VS_FP32_MIN, f"{name}: bf16-mixed is {diff:.2e} from fp32: not bf16"
+        diff = max_abs_diff(load_weights(run_dir), fp32)
+        assert diff > parity.BF16_MIN_DIFF_FROM_FP32, f"{name}: fp32 bit for bit, not bf16"
 
 
 # ---------------------------------------------------------------------------------------------
 # Gradient accumulation
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def accumulation_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Path]:
-    """Every runner with 2 micro-batches per step: 1 process x 16, then 2 processes x 8."""
-    root = tmp_path_factory.mktemp("accumulate")
-    dirs = {(r.name, n): root / f"{r.name}_{n}" for r in RUNNERS for n in (1, 2)}
-    single = {r.name: train(r, dirs[r.name, 1], 1, ACCUMULATE_OPTION[r.name](2)) for r in RUNNERS}
-    for name, result in in_parallel(single).items():
-        assert_trained(name, result)
-    for r in RUNNERS:  # two processes already fill both cores
-        result = train(r, dirs[r.name, 2], 2, ACCUMULATE_OPTION[r.name](2))()
-        assert_trained(f"{r.name} x 2", result)
-    return dirs
+def accumulate_two(name: str) -> list[str]:
+    return ACCUMULATE_OPTION[name](2)
 
 
+@pytest.fixture(scope="session")
+def accumulation_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every runner with 2 micro-batches of 16 per step on one process."""
+    return shared_runs(tmp_path_factory, "accumulate1", lambda r: train_all(r, 1, accumulate_two))
+
+
+@pytest.fixture(scope="session")
+def accumulation_2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every runner with 2 micro-batches of 8 per step on each of two processes."""
+    return shared_runs(tmp_path_factory, "accumulate2", lambda r: train_all(r, 2, accumulate_two))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_accumulation_reaches_the_one_step_weights(
-    processes: int,
-    accumulation_runs: dict[tuple[str, int], Path],
-    single_device_runs: dict[str, Path],
+def test_accumulation_equals_the_replay_of_its_grouping(
+    processes: int, request: pytest.FixtureRequest
 ) -> None:
+    root = request.getfixturevalue(f"accumulation_{processes}")
     for runner in RUNNERS:
-        run_dir = accumulation_runs[runner.name, processes]
+        run_dir = root / runner.name
         metrics = load_metrics(run_dir)
         assert metrics["world_size"] == processes, runner.name
         assert metrics["accumulate_grad_batches"] == 2, runner.name
         assert metrics["global_batch_size"] == 32, runner.name
         assert metrics["per_device_batch_size"] == 32 // (processes * 2), runner.name
         assert metrics["optimizer_steps"] == 5 * 800 // 32, runner.name
-        tol = ACCUMULATION_TOL
-        if runner.name == "accelerate" and processes == 2:
-            tol = ACCELERATE_TWO_PROCESS_TOL
-        diff = max_abs_diff(load_weights(run_dir), load_weights(single_device_runs[runner.name]))
-        assert diff <= tol, f"{runner.name}: {processes} process(es) x 2 accumulated is {diff:.2e}"
-
-
-def test_the_accumulation_check_would_catch_the_usual_mistakes(
-    single_device_runs: dict[str, Path],
-) -> None:
-    reference = load_weights(single_device_runs["torch"])
-    assert max_abs_diff(replay(32, 1), reference) == 0  # the replay is the plain runner's loop
-    # Adam is nearly blind to the loss scale, yet a forgotten 1 / K shows (measured 1.5e-4)...
-    assert max_abs_diff(replay(16, 2, divide_loss=False), reference) > 10 * ACCUMULATION_TOL
-    # ... and stepping after every micro-batch is far off (measured 0.12).
-    assert max_abs_diff(replay(16, 1), reference) > 1e-2
-
-
-def test_accelerate_two_process_accumulation_takes_the_same_samples_per_step() -> None:
-    # What Accelerate's prepare() hands each of 2 processes (as in accelerate_train.py), built
-    # without a process group: per optimizer step, the union of both ranks' 2 micro-batches of 8
-    # must be exactly the 32 samples of the one-process step.
-    from accelerate.data_loader import prepare_data_loader
-
-    from datamodule import TaskDataModule
-
-    data = TaskDataModule()
-    data.setup("fit")
-    data.set_micro_batch_size(world_size=2, accumulate=2)
-    row = {tuple(x.tolist()): i for i, x in enumerate(data.train_set.tensors[0])}
-    loaders = [
-        prepare_data_loader(data.train_dataloader(), num_processes=2, process_index=rank,
-                            put_on_device=False, even_batches=False)
-        for rank in (0, 1)
-    ]  # fmt: skip
-    sampler = task.EpochShuffleSampler(data.train_set, seed=task.SEED)
-    for epoch in range(task.EPOCHS):
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        per_rank = []
-        for loader in loaders:
-            loader.set_epoch(epoch)
-            per_rank.append([[row[tuple(x.tolist())] for x in xb] for xb, _ in loader])
-        assert [len(batches) for batches in per_rank] == [50, 50]
-        for step in range(25):
-            taken = [i for batches in per_rank for i in batches[2 * step] + batches[2 * step + 1]]
-            assert sorted(taken) == sorted(order[32 * step : 32 * (step + 1)]), (epoch, step)
+        grouping = parity.grouping_of(runner.name, processes)
+        setup = parity.Setup(processes=processes, accumulate=2, grouping=grouping)
+        assert_equals_replay(runner.name, run_dir, setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +144,16 @@ def trainer(*args: str) -> Callable[[Path], list[str]]:
 
 def trainer_config(name: str) -> Callable[[Path], list[str]]:
     return lambda d: lightning_cmd(d, ["--config", f"configs/lightning/{name}.yaml"])
+
+
+# Cases refused only for want of a CUDA GPU (their commands do not ask for the CPU): skipped,
+# and not run, on a machine that has one.
+CUDA_ONLY = {"deepspeed-nocuda-fabric", "config-lightning-fsdp", "config-lightning-deepspeed_zero2",
+             "config-lightning-deepspeed_zero3", "launch-fp16", "launch-fsdp-config"}  # fmt: skip
+
+
+def cases(names: list[str]) -> list[object]:
+    return [pytest.param(n, marks=[without_cuda] if n in CUDA_ONLY else []) for n in names]
 
 
 # id: (command builder, words the one line must hold, importable deepspeed stand-in)
@@ -267,26 +203,41 @@ LAUNCHER_FAILURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def refusals(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
-    root = tmp_path_factory.mktemp("refusals")
+Refusal = tuple[Path, subprocess.CompletedProcess[str]]
+
+
+def make_refusals(root: Path) -> None:
+    """Every refusal case once, two at a time; each result kept beside its run folder."""
     stub = root / "stub"
     (stub / "deepspeed").mkdir(parents=True)
     (stub / "deepspeed" / "__init__.py").write_text('"""Importable: the package check passes."""\n')
     stubbed = run_env(MASTER_PORT=str(free_port()), PYTHONPATH=str(stub))
-    dirs = {case: root / case for case in [*DIRECT_REFUSALS, *LAUNCH_REFUSALS, *LAUNCHER_FAILURES]}
     jobs = {}
     for case, (command, _, stub_deepspeed) in DIRECT_REFUSALS.items():
         env = stubbed if stub_deepspeed else run_env(MASTER_PORT=str(free_port()))
-        jobs[case] = partial(run, command(dirs[case]), env)
+        jobs[case] = partial(run, command(root / case), env)
     for case, (launch_args, _) in LAUNCH_REFUSALS.items():
-        jobs[case] = partial(run, accelerate_launch(dirs[case], launch_args))
+        jobs[case] = partial(run, accelerate_launch(root / case, launch_args))
     for case, launch_args in LAUNCHER_FAILURES.items():
-        jobs[case] = partial(run, accelerate_launch(dirs[case], launch_args))
-    results = in_parallel(jobs)
-    return {case: (dirs[case], results[case]) for case in jobs}
+        jobs[case] = partial(run, accelerate_launch(root / case, launch_args))
+    if torch.cuda.is_available():
+        jobs = {case: job for case, job in jobs.items() if case not in CUDA_ONLY}
+    for case, result in in_parallel(jobs).items():
+        saved = {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+        (root / f"{case}.result.json").write_text(json.dumps(saved))
+
+
+@pytest.fixture(scope="session")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Refusal]:
+    root = shared_runs(tmp_path_factory, "refusals", make_refusals)
+    names = [*DIRECT_REFUSALS, *LAUNCH_REFUSALS, *LAUNCHER_FAILURES]
+    results = {}
+    for case in names:
+        if not (root / f"{case}.result.json").exists():  # a CUDA-only case on a GPU machine
+            continue
+        saved = json.loads((root / f"{case}.result.json").read_text())
+        results[case] = (root / case, subprocess.CompletedProcess([], **saved))
+    return results
 
 
 def assert_nothing_trained(run_dir: Path) -> None:
@@ -295,10 +246,9 @@ def assert_nothing_trained(run_dir: Path) -> None:
     assert not leftovers, leftovers
 
 
-@pytest.mark.parametrize("case", list(DIRECT_REFUSALS))
-def test_refused_with_one_line_and_exit_status_2(
-    case: str, refusals: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
-) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("case", cases(list(DIRECT_REFUSALS)))
+def test_refused_with_one_line_and_exit_status_2(case: str, refusals: dict[str, Refusal]) -> None:
     run_dir, result = refusals[case]
     assert result.returncode == 2, f"exit status {result.returncode}:\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
@@ -309,10 +259,9 @@ def test_refused_with_one_line_and_exit_status_2(
     assert_nothing_trained(run_dir)
 
 
-@pytest.mark.parametrize("case", list(LAUNCH_REFUSALS))
-def test_refused_under_accelerate_launch(
-    case: str, refusals: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
-) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("case", cases(list(LAUNCH_REFUSALS)))
+def test_refused_under_accelerate_launch(case: str, refusals: dict[str, Refusal]) -> None:
     run_dir, result = refusals[case]
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -323,9 +272,10 @@ def test_refused_under_accelerate_launch(
     assert_nothing_trained(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(LAUNCHER_FAILURES))
 def test_deepspeed_config_without_the_package_fails_in_accelerate_launch(
-    case: str, refusals: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+    case: str, refusals: dict[str, Refusal]
 ) -> None:
     run_dir, result = refusals[case]
     assert result.returncode == 1
