@@ -143,10 +143,15 @@ def test_two_processes_in_both_groupings(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--processes", "3"], "not divisible by 3 process(es)"),
-        (["--precision", "16-mixed"], "needs a CUDA GPU"),
-        (["--extra-args", "nobody=--seed 1"], "expected RUNNER=ARGS"),
         (["--processes", "4", "--check"], "bit for bit with up to 2 processes"),
-        (["--runners", "raw", "--processes", "2"], "raw runner runs 1 process"),
+        *(
+            pytest.param(*case, marks=pytest.mark.slow)
+            for case in [
+                (["--precision", "16-mixed"], "needs a CUDA GPU"),
+                (["--extra-args", "nobody=--seed 1"], "expected RUNNER=ARGS"),
+                (["--runners", "raw", "--processes", "2"], "raw runner runs 1 process"),
+            ]
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:

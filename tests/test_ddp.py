@@ -109,6 +109,7 @@ def test_fabric_run_cli_matches_fabric_launch(tmp_path: Path, ddp_runs: dict[str
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_accelerate_refuses_two_unconnected_trainings(tmp_path: Path) -> None:
     # A multi-GPU launch on a machine without CUDA, and no --cpu: two separate trainings.
     # (On a machine with CUDA GPUs this launch is legitimate: nothing to refuse there.)
@@ -122,6 +123,7 @@ def test_accelerate_refuses_two_unconnected_trainings(tmp_path: Path) -> None:
     assert not (tmp_path / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_accelerate_refuses_one_process_where_two_were_asked(tmp_path: Path) -> None:
     result = run([PYTHON, "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2",
                   "accelerate_train.py", "--run-dir", str(tmp_path)])  # fmt: skip
