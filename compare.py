@@ -643,11 +643,15 @@ def verdict(runs: Sequence[Run]) -> tuple[bool, list[str]]:
 
 def explain_gap(run: Run) -> str:
     """Why a run in another grouping may sit a little away from plain PyTorch, in numbers."""
-    vs_torch = "" if run.max_weight_diff is None else f" {fmt_diff(run.max_weight_diff)} from"
+    measured = (
+        f" ({fmt_diff(run.max_weight_diff)} apart in float32)"
+        if run.max_weight_diff is not None
+        else ""
+    )
     return (
         f"{run.name} splits each step's samples over its processes in another grouping than "
-        f"plain PyTorch:{vs_torch or ' unlike'} it in float32; computed in float64 the two are "
-        f"{fmt_diff(run.float64_gap)} apart, so the float32 gap is rounding (amplified by Adam), "
+        f"plain PyTorch{measured}; computed in float64 the two groupings are "
+        f"{fmt_diff(run.float64_gap)} apart, so a float32 gap is rounding (amplified by Adam), "
         "not another training"
     )
 

@@ -136,7 +136,7 @@ def test_two_processes_in_both_groupings(tmp_path: Path) -> None:
     # Reported, not checked: float32 rounding of another grouping; the same steps in float64.
     assert accelerate["max_weight_diff"] is not None
     assert accelerate["float64_gap"] <= parity.SAME_SAMPLES_FLOAT64_TOL
-    assert "computed in float64 the two are" in result.stdout
+    assert "computed in float64 the two groupings are" in result.stdout
 
 
 @pytest.mark.parametrize(
