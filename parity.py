@@ -47,21 +47,22 @@ MAX_BITWISE_PROCESSES = 2
 
 # float64 replays of the same samples per step in another grouping (N processes, K micro-batches,
 # sharded or interleaved) against one device with the whole batch. Derivation: float64 rounds at
-# 2^-53 = 1.1e-16, 2^29 times finer than float32's 2^-24. Over the parity sweep (5 seeds x 3 sizes)
-# the float32 groupings differ by at most ~1e-5 (see docs/comparison.md), i.e. Adam amplifies
-# rounding by at most ~1e-5 / 6e-8 ~ 2e2, so float64 groupings differ by ~2e2 x 1.1e-16 ~ 2e-14.
-# A step with other samples, a forgotten 1 / K or an extra step moves weights by ~lr x ... >= 1e-5
-# (measured 1.5e-4 for the smallest such mistake, a loss not divided by K). 1e-9 sits five orders
-# of magnitude above the rounding and four below the smallest mistake.
+# 2^-53 = 1.1e-16, 2^29 times finer than float32's 2^-24. Over the parity sweep (5 seeds x 3 sizes,
+# docs/comparison.md) float32 groupings differ by at most 2.9e-6, i.e. Adam amplifies a rounding
+# of 6e-8 by at most ~50, so float64 groupings differ by ~50 x 1.1e-16 ~ 6e-15 (measured: at most
+# 1e-15). A step with other samples, a forgotten 1 / K or an extra step is another training: the
+# smallest such mistake measured, a loss not divided by K, moves weights by 1.5e-4. 1e-9 sits five
+# orders of magnitude above the rounding and five below the smallest mistake.
 SAME_SAMPLES_FLOAT64_TOL = 1e-9
 
 # A run's per-epoch means (train loss over the epoch's samples, validation loss and accuracy over
-# the 200 validation samples) against one device's. Derivation: a mean of n float32 terms summed
-# in another order differs by at most (n - 1) x 2^-24 relative (recursive summation's bound);
-# n <= 800 here gives 4.8e-5. The losses are also evaluated at weights that differ by the
-# grouping's rounding (<= ~1e-5, above), which moves a loss of ~0.6 by ~1e-5 x |dL/dw|_1 (~1):
-# ~1e-5. Sum: 6e-5 -> 1e-4. A sample missing or counted twice moves a 200-sample mean by
-# |l_i - mean| / 200 ~ 2e-3 for a typical sample, and accuracy by 1 / 200 = 5e-3.
+# the validation samples) against one device's, at the default task (the tests'). Derivation: a
+# mean of n float32 terms summed in another order differs by at most (n - 1) x 2^-24 relative
+# (recursive summation's bound); n <= 800 gives 4.8e-5. The losses are also evaluated at weights
+# that differ by the grouping's rounding (<= 2.9e-6, above), which moves a loss of ~0.6 by about
+# 3e-6 x |dL/dw|_1 (~1): ~3e-6. Sum ~5e-5 -> 1e-4 (measured over the sweep, all sizes: at most
+# 8.8e-7). A sample missing or counted twice moves a 200-sample mean by |l_i - mean| / 200, ~2e-3
+# for a typical sample, and the accuracy by 1 / 200 = 5e-3.
 EPOCH_METRIC_REL_TOL = 1e-4
 
 # bf16-mixed must not equal fp32: with autocast every linear layer rounds its inputs to bf16 (8
