@@ -1,6 +1,6 @@
 """Do the parity checks hold beyond the default task? 5 seeds x 3 sizes, through compare.py --check.
 
-    nice python scripts/parity_sweep.py                 # ~20 min on 2 cores; the table at the end
+    nice python scripts/parity_sweep.py     # 180 runs: ~70 min on a shared 2-core machine
     python scripts/parity_sweep.py --seeds 1 2 --sizes 320 --out reports/sweep-small
 
 Each cell (seed, number of samples) runs compare.py twice, with --check:
@@ -10,7 +10,7 @@ Each cell (seed, number of samples) runs compare.py twice, with --check:
   PyTorch's grouping and are checked on two processes by the test suite.
 Then it prints, per check, the largest difference seen over all cells and the bound it is held
 to (parity.py gives each bound's reason). The 20x size trains 2 epochs (1000 optimizer steps) to
-keep the sweep near 40 CPU-minutes; the others train the task's 5.
+keep the sweep short (start-up dominates each run); the others train the task's 5.
 """
 
 from __future__ import annotations
