@@ -19,9 +19,8 @@ import pickle
 import re
 import signal
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -180,11 +179,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
     try:
         write(tmp)
-        _writes[path.name] = _writes.get(path.name, 0) + 1
-        inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
-        os.replace(tmp, path)
+        commit_write(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def commit_write(written: Path, path: Path) -> None:
+    """The rename that makes a complete write visible as `path` (one point to kill at, too)."""
+    _writes[path.name] = _writes.get(path.name, 0) + 1
+    inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
+    os.replace(written, path)
 
 
 @dataclass
@@ -320,12 +324,18 @@ def settle_config(settings: Iterable[Setting], recorded: dict[str, Any] | None) 
     return config
 
 
-def check_epochs_left(epochs: int, finished: int, option: str = "--epochs") -> None:
-    if epochs < finished:
+def check_epochs_left(epochs: int, reached: int, option: str = "--epochs") -> None:
+    """Fewer epochs than the checkpoint has trained into would end with more trained than asked."""
+    if epochs < reached:
         raise UsageError(
-            f"{option} {epochs}: the checkpoint has finished {finished} epochs already; "
-            f"ask for {finished} or more"
+            f"{option} {epochs}: the checkpoint has trained into epoch {reached} already; "
+            f"ask for {reached} or more"
         )
+
+
+def epochs_reached(position: dict[str, Any]) -> int:
+    """Epochs finished, plus the one under way: a hand-written runner's checkpoint position."""
+    return position["epoch"] + (position["batch"] > 0)
 
 
 def task_settings(args: argparse.Namespace) -> list[Setting]:
@@ -380,7 +390,10 @@ TASK_OPTIONS = (  # (key in the run's configuration, argparse dest, default)
     ("hidden_dim", "hidden_dim", task.HIDDEN_DIM),
     ("accumulate", "accumulate", 1),
 )
-OPTION_HELP = {"global_batch_size": "the GLOBAL batch size;", "accumulate": "micro-batches per step;"}
+OPTION_HELP = {
+    "global_batch_size": "the GLOBAL batch size;",
+    "accumulate": "micro-batches per step;",
+}
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -61,7 +61,7 @@ def main() -> None:
         contract.Setting("world_size", "processes", world_size, world_size),
     )
     if checkpoint is not None:
-        contract.check_epochs_left(args.epochs, checkpoint["epoch"])
+        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
     args.precision = config["precision"]
     contract.check_precision(args.precision, device.type == "cuda")
     contract.check_strategy(args.strategy, device.type == "cuda")
