@@ -40,7 +40,7 @@ def main() -> None:
     # N processes share its next 32 samples, the very samples one device takes in one step.
     sampler = task.EpochShuffleSampler(train_set)  # kept; prepare deals its batches out in turn
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
-    val_loader = DataLoader(val_set, batch_size=batch_size)  # every process: all 200 samples
+    val_loader = DataLoader(val_set, batch_size=batch_size)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )  # the model on the device (in DDP if several), batches too; set_epoch at each epoch
@@ -57,7 +57,7 @@ def main() -> None:
         totals = torch.zeros(3, device=device)  # loss sum, hits, samples
         with torch.no_grad():
             for x, y in val_loader:
-                logits, y = accelerator.gather_for_metrics((model(x), y))  # all, none twice
+                logits, y = accelerator.gather_for_metrics((model(x), y))  # every sample, just once
                 totals[0] += F.cross_entropy(logits, y, reduction="sum")
                 totals[1] += (logits.argmax(dim=1) == y).sum()
                 totals[2] += len(y)

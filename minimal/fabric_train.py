@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--save", metavar="PATH", help="write the trained MLP's state_dict here")
     args = parser.parse_args()
 
-    fabric = L.Fabric(accelerator=args.accelerator, devices=args.devices)  # DDP for several
+    fabric = L.Fabric(accelerator=args.accelerator, devices=args.devices)  # DDP if several
     fabric.launch()  # starts the other processes, each running this script from the top
     world_size, device = fabric.world_size, fabric.device
     assert task.GLOBAL_BATCH_SIZE % world_size == 0, "the processes must split the batch evenly"
@@ -41,8 +41,8 @@ def main() -> None:
     # N processes share its next 32 samples, the very samples one device takes in one step.
     sampler = task.EpochShuffleSampler(train_set)  # under DDP, becomes a DistributedSampler
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
-    val_loader = DataLoader(val_set, batch_size=batch_size)  # every process: all 200 samples
-    # Now: batches on the device, set_epoch each epoch; under DDP a share of each set per process.
+    val_loader = DataLoader(val_set, batch_size=batch_size)
+    # DistributedSamplers under DDP (a share per process), set_epoch each epoch, batches on device
     train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
 
     for epoch in range(args.epochs):

@@ -16,6 +16,7 @@ import argparse
 import difflib
 import html
 import io
+import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ SCRIPTS = {  # column: (title, file); the first column is what the others are co
     "accelerate": ("Hugging Face Accelerate", "accelerate_train.py"),
     "trainer": ("Lightning Trainer", "lightning_train.py"),
 }
+MIN_SIMILARITY = 0.4  # two lines of a changed block sit side by side when this alike
 # (English, 中文, {column: the text of the concept's line, its first occurrence}).
 CONCEPTS = [
     ("create", "创建", {
@@ -40,7 +42,7 @@ CONCEPTS = [
     }),
     ("device placement", "设备放置", {
         "plain": "x, y = x.to(device), y.to(device)", "fabric": "fabric.setup_dataloaders(",
-        "accelerate": ")  # the model on the device", "trainer": "x, y = batch  #",
+        "accelerate": "accelerator.prepare(", "trainer": "x, y = batch  #",
     }),
     ("backward", "反向传播", {
         "plain": "loss.backward()", "fabric": "fabric.backward(loss)",
@@ -80,14 +82,49 @@ def align(base: list[str], other: list[str]) -> tuple[list[Cell | None], list[li
     """For each base line the other's line beside it, and the other's lines added before each."""
     beside: list[Cell | None] = [None] * len(base)
     added: list[list[Cell]] = [[] for _ in range(len(base) + 1)]
-    matcher = difflib.SequenceMatcher(None, base, other, autojunk=False)
+    # Blank lines are no anchors: two blocks must not be aligned on the blank line between them.
+    matcher = difflib.SequenceMatcher(lambda line: not line.strip(), base, other, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        paired = min(i2 - i1, j2 - j1) if tag in ("equal", "replace") else 0
-        for k in range(paired):
-            state = "same" if tag == "equal" else "changed"
-            beside[i1 + k] = Cell(j1 + k + 1, other[j1 + k], state)
-        added[i2] += [Cell(j + 1, other[j], "changed") for j in range(j1 + paired, j2)]
+        if tag == "equal":
+            for k in range(i2 - i1):
+                beside[i1 + k] = Cell(j1 + k + 1, other[j1 + k], "same")
+            continue
+        pairs = pair_similar(base[i1:i2], other[j1:j2])  # a changed block: pair look-alikes
+        j = j1
+        for i, k in [*pairs, (i2 - i1, j2 - j1)]:  # the sentinel flushes the block's tail
+            added[i1 + i] += [Cell(n + 1, other[n], "changed") for n in range(j, j1 + k)]
+            if i < i2 - i1:
+                beside[i1 + i] = Cell(j1 + k + 1, other[j1 + k], "changed")
+                j = j1 + k + 1
     return beside, added
+
+
+def pair_similar(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """The in-order pairs of look-alike lines (same code, another call) that cover the most."""
+    score = [[0.0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) - 1, -1, -1):
+        for j in range(len(b) - 1, -1, -1):
+            skip = max(score[i + 1][j], score[i][j + 1])
+            score[i][j] = max(skip, similarity(a[i], b[j]) + score[i + 1][j + 1])
+    pairs, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if score[i][j] == score[i + 1][j]:
+            i += 1
+        elif score[i][j] == score[i][j + 1]:
+            j += 1
+        else:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+    return pairs
+
+
+def similarity(a: str, b: str) -> float:
+    """How many names two lines' code shares (Dice; comments left out); 0 below the bar."""
+    names_a, names_b = (set(re.findall(r"\w+", line.split("  #")[0])) for line in (a, b))
+    if not names_a or not names_b:
+        return 0.0
+    dice = 2 * len(names_a & names_b) / (len(names_a) + len(names_b))
+    return dice if dice >= MIN_SIMILARITY else 0.0
 
 
 def grid(scripts: dict[str, list[str]]) -> list[dict[str, Cell]]:
@@ -146,6 +183,12 @@ def code_html(text: str, comment_at: int | None) -> str:
     return f'{html.escape(code)}<span class="c">{html.escape(comment)}</span>'
 
 
+def code_only(text: str, comment_at: int | None) -> str:
+    """The line without its trailing comment, for the concept table (docstrings stay whole)."""
+    code = text[:comment_at] if comment_at else text
+    return code.strip()
+
+
 def changed_count(base: list[str], other: list[str]) -> int:
     """Lines removed plus lines added, as `diff base other | grep -c '^[<>]'` counts them."""
     diff = difflib.unified_diff(base, other, lineterm="", n=0)
@@ -167,8 +210,8 @@ def render(scripts: dict[str, list[str]]) -> str:
         tags = "".join(f'<span class="tag">{t}</span>' for t in badges.get((key, cell.number), []))
         code = code_html(cell.text, comments[key].get(cell.number))
         return (
-            f'<td class="{cell.state}" id="{key}-{cell.number}"><span class="n">{cell.number}'
-            f"</span><code>{code}</code>{tags}</td>"
+            f'<td class="{cell.state}" id="{key}-{cell.number}"><div class="line"><span class="n">'
+            f"{cell.number}</span><code>{code}</code></div>{tags}</td>"
         )
 
     head = "".join(
@@ -178,14 +221,18 @@ def render(scripts: dict[str, list[str]]) -> str:
         + "</span></th>"
         for k in keys
     )
+
+    def concept_cell(key: str, number: int) -> str:
+        code = code_only(scripts[key][number - 1], comments[key].get(number))
+        return (
+            f'<td><a href="#{key}-{number}"><div class="line"><span class="n">{number}</span>'
+            f"<code>{html.escape(code)}</code></div></a></td>"
+        )
+
     concept_rows = "".join(
         f'<tr><th>{english}<br><span class="zh">{chinese}</span></th>'
-        + "".join(
-            f'<td><a href="#{k}-{numbers[k]}"><span class="n">{numbers[k]}</span>'
-            f"<code>{html.escape(scripts[k][numbers[k] - 1].strip())}</code></a></td>"
-            for k in keys
-        )
-        + "</tr>"
+        + "".join(concept_cell(k, numbers[k]) for k in keys)
+        + "</tr>\n"
         for english, chinese, numbers in concepts
     )
     code_rows = "".join(
@@ -200,7 +247,8 @@ PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>One training loop, four ways · 同一个训练循环，四种写法</title>
 <style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1f2328; }}
+body {{ font: 14px/1.45 system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei",
+        "WenQuanYi Micro Hei", sans-serif; margin: 24px; color: #1f2328; }}
 h1 {{ font-size: 22px; margin: 0 0 6px; }}
 h2 {{ font-size: 17px; margin: 28px 0 8px; }}
 p {{ margin: 4px 0; max-width: 1100px; }}
@@ -216,14 +264,13 @@ code {{ font: 12px/1.5 ui-monospace, "DejaVu Sans Mono", monospace; white-space:
 .concepts th:first-child {{ width: 150px; }}
 .zh, .meta {{ color: #59636e; font-weight: 400; }}
 .meta {{ display: block; font-size: 12px; }}
-.code td {{ white-space: nowrap; }}
-.code code {{ display: inline-block; width: calc(100% - 34px); vertical-align: top; }}
-.n {{ display: inline-block; width: 28px; color: #8c959f; text-align: right; margin-right: 6px;
-      font: 11px/1.65 ui-monospace, monospace; vertical-align: top; }}
+.line {{ display: flex; align-items: baseline; }}
+.n {{ flex: none; width: 26px; color: #8c959f; text-align: right; margin-right: 8px;
+      font: 11px ui-monospace, monospace; }}
 .c {{ color: #6e7781; }}
 .changed {{ background: #dafbe1; }}
 .removed {{ background: repeating-linear-gradient(135deg, #fff0f0 0 6px, #ffe4e4 6px 12px); }}
-.tag {{ display: inline-block; margin: 1px 0 3px 34px; padding: 0 6px; border-radius: 8px;
+.tag {{ display: inline-block; margin: 1px 4px 3px 34px; padding: 0 6px; border-radius: 8px;
         background: #ddf4ff; color: #0a3069; font-size: 11px; white-space: nowrap; }}
 .legend span {{ display: inline-block; padding: 0 8px; margin-right: 10px; }}
 </style>

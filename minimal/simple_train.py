@@ -35,14 +35,14 @@ def main() -> None:
     torch.manual_seed(task.SEED)  # before the model: its initial weights come from this seed
     model = task.MLP(hidden_dim=args.hidden_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=task.LEARNING_RATE)
-    model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model  # syncs gradients
+    model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model  # averages gradients
 
     train_set, val_set = task.split_dataset(task.make_dataset(args.num_samples))
     # Each epoch one permutation, seeded SEED + epoch, the same in every process; each step the
     # N processes share its next 32 samples, the very samples one device takes in one step.
     sampler = torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=task.SEED)
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler)
-    val_loader = DataLoader(val_set, batch_size=batch_size)  # every process: all 200 samples
+    val_loader = DataLoader(val_set, batch_size=batch_size)
 
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)  # this epoch's permutation
@@ -64,7 +64,7 @@ def main() -> None:
                 totals[1] += (logits.argmax(dim=1) == y).sum()
                 totals[2] += len(y)
         val_loss, val_acc = (totals[:2] / totals[2]).tolist()
-        if rank == 0:  # one line per epoch, not one per process
+        if rank == 0:  # one line per epoch (every process validated all 200 samples)
             print(f"epoch {epoch + 1}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}")
 
     if args.save and rank == 0:  # the MLP's own keys: unwrap DDP's "module." prefix
