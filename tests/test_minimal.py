@@ -100,7 +100,8 @@ def test_two_processes_reach_the_full_plain_runners_weights(
         # round 1e-4 apart.
         ours, single = epoch_metrics(path), epoch_metrics(one_device_runs[name])
         assert len(ours) == len(single) == 5, f"{name}: {len(ours)} epoch lines"
-        assert ours == pytest.approx(single, abs=PRINTED_RESOLUTION * 1.5), name
+        for got, want in zip(ours, single, strict=True):
+            assert got == pytest.approx(want, abs=PRINTED_RESOLUTION * 1.5), (name, got, want)
 
 
 def test_scripts_are_short_and_the_aligned_ones_differ_only_where_the_framework_does() -> None:
