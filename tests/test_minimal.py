@@ -67,11 +67,14 @@ def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return train_all(tmp_path_factory.mktemp("minimal2"), {k: two_processes(k) for k in ONE_DEVICE})
 
 
-def epoch_metrics(weights: Path) -> list[list[float]]:
-    """The numbers of each `epoch N  val_loss X  val_acc Y` line the run printed."""
-    console = weights.with_suffix(".txt").read_text().splitlines()
-    lines = [line.split() for line in console if line.startswith("epoch ")]
-    return [[float(word) for word in line[1::2]] for line in lines]
+def epoch_metrics(console: Path) -> list[dict[str, float]]:
+    """Each `epoch N  name value ...` line a run printed, as {"epoch": N, name: value, ...}."""
+    lines = [line.split() for line in console.read_text().splitlines()]
+    return [
+        {key: float(value) for key, value in zip(words[::2], words[1::2], strict=True)}
+        for words in lines
+        if words[:1] == ["epoch"]
+    ]
 
 
 def test_one_device_writes_the_full_plain_runners_weights_bitwise(
@@ -82,26 +85,28 @@ def test_one_device_writes_the_full_plain_runners_weights_bitwise(
         weights = torch.load(path, weights_only=True)
         assert list(weights) == list(reference), f"{name}: keys {list(weights)}"
         assert all(torch.equal(weights[k], reference[k]) for k in reference), name
-        assert len(epoch_metrics(path)) == 5, name
+        assert len(epoch_metrics(path.with_suffix(".txt"))) == 5, name
 
 
 @pytest.mark.slow
 def test_two_processes_reach_the_full_plain_runners_weights(
-    two_process_runs: dict[str, Path],
-    one_device_runs: dict[str, Path],
-    single_device_runs: dict[str, Path],
+    two_process_runs: dict[str, Path], single_device_runs: dict[str, Path]
 ) -> None:
     reference = load_weights(single_device_runs["torch"])
+    full_metrics = epoch_metrics(single_device_runs["torch"] / "console.txt")
     for name, path in two_process_runs.items():
         diff = max_abs_diff(torch.load(path, weights_only=True), reference)
         assert diff <= TWO_PROCESS_TOLERANCE, f"{name}: 2 x 16 is {diff:.2e} away from 1 x 32"
-        # One line per epoch (the main process alone prints), with one device's validation
-        # metrics: all 200 samples, each once. Printed to 4 decimals, so equal numbers may
-        # round 1e-4 apart.
-        ours, single = epoch_metrics(path), epoch_metrics(one_device_runs[name])
-        assert len(ours) == len(single) == 5, f"{name}: {len(ours)} epoch lines"
-        for got, want in zip(ours, single, strict=True):
-            assert got == pytest.approx(want, abs=PRINTED_RESOLUTION * 1.5), (name, got, want)
+        # One line per epoch (the main process alone prints) with the full runner's validation
+        # metrics on one device: all 200 samples, each once. Printed to 4 decimals, so equal
+        # numbers may round 1e-4 apart.
+        ours = epoch_metrics(path.with_suffix(".txt"))
+        assert len(ours) == len(full_metrics) == 5, f"{name}: {len(ours)} epoch lines"
+        for got, want in zip(ours, full_metrics, strict=True):
+            for key in ("epoch", "val_loss", "val_acc"):
+                assert got[key] == pytest.approx(want[key], abs=PRINTED_RESOLUTION * 1.5), (
+                    name, key, got, want,
+                )  # fmt: skip
 
 
 def test_scripts_are_short_and_the_aligned_ones_differ_only_where_the_framework_does() -> None:
