@@ -11,17 +11,22 @@ LightningDataModule's loaders.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.commands.config.config_args import default_config_file, load_config_from_file
 from accelerate.commands.launch import launch_command_parser
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, load, set_seed
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 import contract
 from datamodule import TaskDataModule
@@ -40,31 +45,52 @@ def parse_args() -> object:
     return parser.parse_args()
 
 
+PRECISIONS = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # Accelerate's: ours
+
+
 def main() -> None:
     args = parse_args()
+    # The checkpoint first: options left out of a resume are taken from it.
+    run_dir = contract.resolve_run_dir(args.run_dir, "accelerate", args.resume)
+    checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
+    recorded = None if checkpoint is None else checkpoint["config"]
+    given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
+    if given is not None and given not in PRECISIONS:
+        raise contract.UsageError(
+            f"mixed precision {given} (from accelerate launch or its config) is not one of "
+            f"{', '.join(PRECISIONS)}"
+        )
+    config = contract.settle_args(
+        args,
+        recorded,
+        contract.Setting("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
+    )
+    if checkpoint is not None:
+        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
     on_cuda = torch.cuda.is_available() and not args.cpu
     for strategy in ("deepspeed", "fsdp"):  # set by `accelerate launch` from its config
         if os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "false").lower() == "true":
             contract.check_strategy(strategy, on_cuda)
     accelerator = Accelerator(
         cpu=args.cpu,
-        mixed_precision=args.mixed_precision,
+        mixed_precision={ours: theirs for theirs, ours in PRECISIONS.items()}[config["precision"]],
         gradient_accumulation_steps=args.accumulate,
         # No duplicated samples to even out the last batches: the metrics see each sample once.
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
     check_launch(accelerator)
-    precision = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[
-        accelerator.mixed_precision
-    ]
+    processes = "accelerate launch --num_processes"
+    config |= contract.settle_config(
+        [contract.Setting("world_size", processes, accelerator.num_processes, None)], recorded
+    )
+    precision = PRECISIONS[accelerator.mixed_precision]
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
         raise contract.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
-    run_dir = [contract.resolve_run_dir(args.run_dir, "accelerate", args.resume)]
-    run_dir = Path(broadcast_object_list(run_dir)[0])  # rank 0 picks the version
+    run_dir = Path(broadcast_object_list([run_dir])[0])  # rank 0 picks the version
 
     set_seed(args.seed)
     module = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
@@ -73,15 +99,16 @@ def main() -> None:
         module, optimizer, data.train_dataloader(), data.val_dataloader()
     )
 
-    # Where training stands; save_state stores it beside the model and optimizer.
-    state = Progress(epoch=0, batch=0, steps=0)
-    accelerator.register_for_checkpointing(state)
+    # Where training stands: saved as JSON beside save_state's files (see save_checkpoint).
+    state = {"epoch": 0, "batch": 0, "steps": 0, "config": config}
     checkpoints = run_dir / "checkpoints"
-    if args.resume:
-        newest = newest_checkpoint(checkpoints)
-        with contract.loading_checkpoint(newest):
-            accelerator.load_state(newest)
-        module.load_progress_state(state, accelerator.process_index)
+    if checkpoint is not None:
+        newest = newest_checkpoint(run_dir)
+        # Every file of this folder was read above as tensors and plain values only; Accelerate
+        # reads its own files with weights_only=True (and we register no pickled objects).
+        accelerator.load_state(newest)
+        state |= {key: checkpoint[key] for key in ("epoch", "batch", "steps")}
+        module.load_progress_state(checkpoint, accelerator.process_index)
         accelerator.print(contract.resume_line(newest, state))
 
     start = time.perf_counter()
@@ -127,6 +154,7 @@ def main() -> None:
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
+            config=config,
             epochs=module.history,
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
@@ -136,24 +164,21 @@ def main() -> None:
     accelerator.end_training()
 
 
-class Progress(dict):
-    """Position, finished epochs and running train-loss sums, as a checkpointable object."""
-
-    def state_dict(self) -> dict:
-        return dict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.update(state)
-
-
 def save_checkpoint(
-    accelerator: Accelerator, checkpoints: Path, state: Progress, module: MLPClassifier
+    accelerator: Accelerator, checkpoints: Path, state: dict[str, Any], module: MLPClassifier
 ) -> None:
-    """save_state into a hidden folder, renamed when every rank has written: complete or absent."""
-    state.update(module.progress_state())  # a collective: every rank takes part
+    """save_state into a hidden folder, renamed when every rank has written: complete or absent.
+
+    The position, the run's configuration and the running sums go beside save_state's files as
+    JSON (plain values by construction), not as a pickled object registered with Accelerate:
+    `load_state` reads those with weights_only=False.
+    """
+    progress = {**state, **module.progress_state()}  # a collective: every rank takes part
     final = checkpoints / f"step_{state['steps']:06d}"
     partial = checkpoints / f".partial_{final.name}"
     accelerator.save_state(partial)
+    if accelerator.is_main_process:
+        (partial / PROGRESS).write_text(json.dumps(progress, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         contract.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
@@ -163,9 +188,40 @@ def save_checkpoint(
             shutil.rmtree(old)
 
 
-def newest_checkpoint(checkpoints: Path) -> Path:
-    complete = sorted(checkpoints.glob("step_*"))
-    return complete[-1] if complete else checkpoints / "step_*"
+def newest_checkpoint(run_dir: Path) -> Path:
+    complete = sorted((run_dir / "checkpoints").glob("step_*"))
+    return complete[-1] if complete else run_dir / "checkpoints" / "step_*"
+
+
+PROGRESS = "progress.json"
+# What save_state writes (safetensors, or torch.save files that load_state reads with
+# weights_only=True), and our JSON. Anything else in a checkpoint folder is refused.
+CHECKPOINT_FILES = re.compile(
+    r"model(_\d+)?\.safetensors|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin"
+    r"|scaler\.pt|random_states_\d+\.pkl|" + re.escape(PROGRESS)
+)
+
+
+def checkpoint_progress(folder: Path) -> dict[str, Any]:
+    """Read every file of a checkpoint folder as tensors and plain values, before load_state.
+
+    Refuses a file it does not know, and any file that holds more than tensors and plain values
+    (load_state would skip an unreadable random state with only a log line: here it is refused).
+    """
+    if not folder.is_dir():
+        raise contract.UsageError(f"no checkpoint to resume from at {folder}")
+    for path in sorted(folder.iterdir()):
+        if not CHECKPOINT_FILES.fullmatch(path.name) or not path.is_file():
+            raise contract.UsageError(
+                f"{path} is not a file this project's checkpoints hold; resume from an intact "
+                "checkpoint, or start a new run directory"
+            )
+        if path.suffix == ".safetensors":
+            contract.read_checkpoint_file(path, load_file, (SafetensorError,))
+        elif path.name != PROGRESS:
+            # Accelerate's own loader: weights_only, plus the numpy types of its random states.
+            contract.read_checkpoint_file(path, lambda p: load(p, weights_only=True))
+    return contract.read_checkpoint_file(folder / PROGRESS, contract.read_json)
 
 
 @torch.no_grad()

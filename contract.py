@@ -15,12 +15,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import pickle
 import re
 import signal
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -169,18 +169,26 @@ _writes: dict[str, int] = {}  # atomic writes per file name, for inject_fault
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write beside `path`, then rename: a kill leaves the old file or the new, never half."""
+    """Write beside `path`, then rename: a kill leaves the old file or the new, never half.
+
+    The temporary file is created by `write` itself, so it gets the usual mode (0644 under a
+    022 umask) where `mkstemp` would give 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
     try:
-        write(Path(tmp))
-        _writes[path.name] = _writes.get(path.name, 0) + 1
-        inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
-        os.replace(tmp, path)
+        write(tmp)
+        commit_write(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def commit_write(written: Path, path: Path) -> None:
+    """The rename that makes a complete write visible as `path` (one point to kill at, too)."""
+    _writes[path.name] = _writes.get(path.name, 0) + 1
+    inject_fault(f"write-{path.name}", _writes[path.name])  # a kill before the rename
+    os.replace(written, path)
 
 
 @dataclass
@@ -197,6 +205,7 @@ class RunRecord:
     accumulate_grad_batches: int
     optimizer_steps: int
     wall_clock_s: float
+    config: dict[str, Any]  # the run's configuration, as its checkpoints record it
     epochs: list[dict[str, float]]
 
     def to_json(self) -> dict[str, Any]:
@@ -212,33 +221,140 @@ def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tens
     atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: every file read as tensors and plain values only, explicitly
+# ---------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Tensors and plain values only (`weights_only`): a file that would run code is refused."""
-    with loading_checkpoint(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """A `torch.save`d checkpoint, tensors and plain values only (`weights_only=True`, passed
+    explicitly: `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` only flips torch's default)."""
+    return read_checkpoint_file(
+        path, lambda p: torch.load(p, map_location="cpu", weights_only=True)
+    )
 
 
-@contextlib.contextmanager
-def loading_checkpoint(path: Path) -> Iterator[None]:
-    """Turns a missing, corrupt or unsafe checkpoint into the contract's one-line error."""
-    if not path.exists():
+def read_checkpoint_file(
+    path: Path, load: Callable[[Path], T], corrupt_errors: tuple[type[Exception], ...] = ()
+) -> T:
+    """`load(path)`, with a missing, truncated or unsafe file reported in its own one line.
+
+    Only the loader's own failures are caught: a framework error or a bug elsewhere stays a
+    traceback, and a good checkpoint is never called corrupt.
+    """
+    if not path.is_file():
         raise UsageError(f"no checkpoint to resume from at {path}")
     try:
         with warnings.catch_warnings(record=True) as caught:  # torch warns before it refuses
-            yield
-        for warning in caught:
-            warnings.showwarning(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    except Exception as err:  # UnpicklingError, a truncated file's RuntimeError, EOFError...
+            loaded = load(path)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise corrupt_checkpoint(path, err) from None
         raise UsageError(
-            f"{path} is not a loadable checkpoint ({type(err).__name__}: it is corrupt, or holds "
-            "objects that would run code when unpickled); remove it to resume from scratch"
+            f"{path} holds more than tensors and plain values (it could run code when "
+            "unpickled), so it was not loaded; resume only from checkpoints this project wrote"
         ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, *corrupt_errors) as err:
+        # A truncated zip, an empty file, a damaged header, bad JSON (a ValueError).
+        raise corrupt_checkpoint(path, err) from None
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+def corrupt_checkpoint(path: Path, err: Exception) -> UsageError:
+    reason = " ".join(str(err).split())[:120] or type(err).__name__
+    return UsageError(
+        f"{path} is truncated or corrupt ({reason}); resume from an intact checkpoint, "
+        "or start a new run directory"
+    )
+
+
+def read_json(path: Path) -> Any:
+    """A JSON checkpoint file: plain values by construction."""
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's configuration: recorded in every checkpoint and in metrics.json
+# ---------------------------------------------------------------------------------------------
+# On resume, these may differ from the checkpoint: train on to more epochs. Everything else
+# (data, model, optimizer, batch split, precision, processes) would make another run.
+MAY_CHANGE_ON_RESUME = frozenset({"epochs"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One entry of the run's configuration, as the user spells it in this runner."""
+
+    key: str  # its name in checkpoints and metrics.json
+    option: str  # its name on this runner's command line
+    given: Any  # None when left out
+    default: Any  # taken when left out of a new run
+
+
+def settle_config(settings: Iterable[Setting], recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's configuration: what was given, else the checkpoint's (on resume), else defaults.
+
+    On resume an option that contradicts the checkpoint is refused, naming both values.
+    """
+    config = {}
+    for setting in settings:
+        if recorded is None:
+            config[setting.key] = setting.default if setting.given is None else setting.given
+            continue
+        if setting.key not in recorded:
+            raise UsageError(
+                f"the checkpoint does not record {setting.key} (written by an older version); "
+                "start a new run directory"
+            )
+        kept = recorded[setting.key]
+        if setting.given is None or setting.given == kept:
+            config[setting.key] = kept
+        elif setting.key in MAY_CHANGE_ON_RESUME:
+            config[setting.key] = setting.given
+        else:
+            raise UsageError(
+                f"{setting.option} {setting.given} contradicts the checkpoint, which was trained "
+                f"with {setting.option} {kept}; leave {setting.option} out to continue the run "
+                "as it was configured, or start a new run directory"
+            )
+    return config
+
+
+def check_epochs_left(epochs: int, reached: int, option: str = "--epochs") -> None:
+    """Fewer epochs than the checkpoint has trained into would end with more trained than asked."""
+    if epochs < reached:
+        raise UsageError(
+            f"{option} {epochs}: the checkpoint has trained into epoch {reached} already; "
+            f"ask for {reached} or more"
+        )
+
+
+def epochs_reached(position: dict[str, Any]) -> int:
+    """Epochs finished, plus the one under way: a hand-written runner's checkpoint position."""
+    return position["epoch"] + (position["batch"] > 0)
+
+
+def task_settings(args: argparse.Namespace) -> list[Setting]:
+    """The task's options of the hand-written runners (their `task_parser`), as settings."""
+    return [
+        Setting(key, "--" + dest.replace("_", "-"), getattr(args, dest), default)
+        for key, dest, default in TASK_OPTIONS
+    ]
+
+
+def settle_args(
+    args: argparse.Namespace, recorded: dict[str, Any] | None, *fixed: Setting
+) -> dict[str, Any]:
+    """The hand-written runners' configuration: the task's options (written back into `args`)
+    and the runner's own `fixed` ones (precision, processes), settled against the checkpoint."""
+    config = settle_config([*task_settings(args), *fixed], recorded)
+    for key, dest, _ in TASK_OPTIONS:
+        setattr(args, dest, config[key])
+    return config
 
 
 def resume_line(path: Path, state: dict[str, Any]) -> str:
@@ -265,6 +381,21 @@ def rank() -> int:
 # ---------------------------------------------------------------------------------------------
 # Command line shared by the hand-written runners (the Trainer uses LightningCLI)
 # ---------------------------------------------------------------------------------------------
+TASK_OPTIONS = (  # (key in the run's configuration, argparse dest, default)
+    ("seed", "seed", task.SEED),
+    ("epochs", "epochs", task.EPOCHS),
+    ("global_batch_size", "batch_size", task.GLOBAL_BATCH_SIZE),
+    ("lr", "lr", task.LEARNING_RATE),
+    ("num_samples", "num_samples", task.NUM_SAMPLES),
+    ("hidden_dim", "hidden_dim", task.HIDDEN_DIM),
+    ("accumulate", "accumulate", 1),
+)
+OPTION_HELP = {
+    "global_batch_size": "the GLOBAL batch size;",
+    "accumulate": "micro-batches per step;",
+}
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad option as the contract's one line, exit status 2."""
 
@@ -302,24 +433,15 @@ def positive_float(text: str) -> float:
 def task_parser(description: str) -> ArgumentParser:
     """The task's knobs, named as in the contract; each runner adds its framework's own."""
     parser = ArgumentParser(description=description)
-    group = parser.add_argument_group("task")
-    group.add_argument("--seed", type=int, default=task.SEED)
-    group.add_argument("--epochs", type=positive_int, default=task.EPOCHS)
-    group.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=task.GLOBAL_BATCH_SIZE,
-        help="GLOBAL batch size",
-    )
-    group.add_argument("--lr", type=positive_float, default=task.LEARNING_RATE)
-    group.add_argument("--num-samples", type=positive_int, default=task.NUM_SAMPLES)
-    group.add_argument("--hidden-dim", type=positive_int, default=task.HIDDEN_DIM)
-    group.add_argument(
-        "--accumulate",
-        type=positive_int,
-        default=1,
-        help="micro-batches per optimizer step",
-    )
+    group = parser.add_argument_group("task (on --resume, left out = the checkpoint's)")
+    for key, dest, default in TASK_OPTIONS:
+        kind = positive_float if isinstance(default, float) else positive_int
+        group.add_argument(
+            "--" + dest.replace("_", "-"),
+            type=int if key == "seed" else kind,
+            default=None,  # left out: the checkpoint's value on resume, else the default
+            help=f"{OPTION_HELP.get(key, '')} default: {default}".strip(),
+        )
     group.add_argument(
         "--run-dir", type=Path, default=None, help="default: runs/<runner>/version_N"
     )

@@ -18,10 +18,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.loggers import CSVLogger
+from lightning.fabric.strategies import STRATEGY_REGISTRY
 
 import contract
 from datamodule import TaskDataModule
-from lightning_module import MLPClassifier
+from lightning_module import AtomicCheckpointIO, MLPClassifier
 
 
 def parse_args() -> object:
@@ -31,9 +32,18 @@ def parse_args() -> object:
     # is an error, and these leave the choice to the CLI.
     parser.add_argument("--devices", type=devices, default="auto", help="a count, or auto")
     parser.add_argument("--num-nodes", type=contract.positive_int, default=1)
-    parser.add_argument("--strategy", default="auto", help="auto, ddp, deepspeed_stage_2, fsdp")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        metavar="STRATEGY",
+        help="auto, ddp, deepspeed_stage_2, fsdp, ... (Lightning's registry)",
+    )
     parser.add_argument("--precision", choices=contract.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
+
+
+STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies())
 
 
 def devices(text: str) -> int | str:
@@ -44,20 +54,43 @@ def main() -> None:
     args = parse_args()
     if args.resume and args.run_dir is None:
         raise contract.UsageError("--resume continues the run in --run-dir: name that directory")
+    # The checkpoint first: options left out of a resume are taken from it.
+    checkpoint = None
+    if args.resume:
+        contract.check_run_dir(args.run_dir, resume=True)
+        checkpoint = contract.load_checkpoint(args.run_dir / "checkpoints" / "last.ckpt")
+    recorded = None if checkpoint is None else checkpoint.get("config", {})
+    precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets it
+    config = contract.settle_args(
+        args, recorded, contract.Setting("precision", "--precision", precision, "32-true")
+    )
+    if checkpoint is not None:
+        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
+    strategy = os.environ.get("LT_STRATEGY", args.strategy)
+    if strategy not in STRATEGIES:  # `fabric run --strategy` is free text
+        raise contract.UsageError(
+            f"unknown strategy {strategy}; choose one of {', '.join(STRATEGIES)}"
+        )
     on_cuda = contract.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
-    contract.check_precision(os.environ.get("LT_PRECISION", args.precision or "32-true"), on_cuda)
-    contract.check_strategy(os.environ.get("LT_STRATEGY", args.strategy), on_cuda)
+    contract.check_precision(config["precision"], on_cuda)
+    contract.check_strategy(strategy, on_cuda)
     contract.check_devices(args.accelerator, args.devices)
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
         num_nodes=args.num_nodes,
         strategy=args.strategy,
-        precision=args.precision,
+        # Under `fabric run` the CLI's precision (already settled above) is the one.
+        precision=None if "LT_PRECISION" in os.environ else config["precision"],
+        plugins=AtomicCheckpointIO(),  # complete checkpoints or none, with the usual file mode
         # --run-dir, else Lightning's own scheme: runs/fabric/version_N
         loggers=CSVLogger(args.run_dir, name="", version="")
         if args.run_dir
         else CSVLogger("runs", name="fabric"),
+    )
+    processes = "--devices x --num-nodes"
+    config |= contract.settle_config(
+        [contract.Setting("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
     data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
     data.setup("fit")
@@ -79,9 +112,12 @@ def main() -> None:
 
     # Where training stands: a checkpoint restores it exactly, mid-epoch included.
     state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
+    state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if args.resume:
-        with contract.loading_checkpoint(checkpoint_path):
-            progress = fabric.load(checkpoint_path, state)  # model and optimizer in place
+        # The file checked above, read again by Fabric (which places the state under DDP and
+        # sharded strategies), tensors and plain values only, explicitly.
+        progress = fabric.load(checkpoint_path, state, weights_only=True)
+        state["config"] = config
         model.load_progress_state(progress, fabric.global_rank)
         for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
             fabric.log_dict(metrics)
@@ -130,6 +166,7 @@ def main() -> None:
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
+            config=config,
             epochs=model.history,
         )
         contract.save_run(run_dir, record, model.model.state_dict())

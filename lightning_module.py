@@ -18,8 +18,11 @@ import torch
 import torch.nn.functional as F
 from jsonargparse import ActionConfigFile
 from jsonargparse.typing import PositiveFloat, PositiveInt
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import StrategyRegistry
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
@@ -136,6 +139,74 @@ class MLPClassifier(L.LightningModule):
         self.load_progress_state(checkpoint["progress"], self.trainer.global_rank)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (the Trainer's and Fabric's), made complete-or-absent.
+
+    Lightning's own save goes through an fsspec transaction that writes to the system's temp
+    folder with mode 0600, then moves the file: a copy, not a rename, where that folder is on
+    another file system. Here the file is written beside its final name, then renamed.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        contract.atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+# The run's configuration (contract.settle_config's keys) as LightningCLI options.
+CLI_OPTIONS = {
+    "seed": "seed_everything",
+    "epochs": "trainer.max_epochs",
+    "global_batch_size": "data.batch_size",
+    "lr": "model.lr",
+    "num_samples": "data.num_samples",
+    "hidden_dim": "model.hidden_dim",
+    "accumulate": "trainer.accumulate_grad_batches",
+    "precision": "trainer.precision",
+}
+ACCELERATORS = ("auto", *AcceleratorRegistry.available_accelerators())
+STRATEGIES = ("auto", *StrategyRegistry.available_strategies())
+
+
+class RunRecorder(Callback):
+    """Records the run's configuration in every checkpoint; on resume, says where it stands and
+    writes the epochs before it back into metrics.csv (the CSV logger starts its file anew)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["run_config"] = self.config
+        # jsonargparse hands over its own subclasses (PositiveFloat, ...) for the options given:
+        # stored as they are, they would make the checkpoint unreadable with weights_only=True.
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain_values(checkpoint[key])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        position = {"epoch": trainer.current_epoch, "batch": batch, "steps": trainer.global_step}
+        if trainer.is_global_zero:
+            tqdm.write(contract.resume_line(Path(trainer.ckpt_path), position))
+        steps_per_epoch = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
+        for epoch, metrics in enumerate(pl_module.history):  # as the Trainer logged them
+            for logger in trainer.loggers:
+                logger.log_metrics({**metrics, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
+
+
+def plain_values(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The values' builtin types: a `PositiveFloat` becomes the float it is."""
+    builtins = (bool, int, float, str)
+    return {
+        k: next(t(v) for t in builtins if isinstance(v, t)) if isinstance(v, builtins) else v
+        for k, v in mapping.items()
+    }
+
+
 class TaskCLI(LightningCLI):
     """LightningCLI with the contract's run directory, outputs and refusals."""
 
@@ -154,8 +225,49 @@ class TaskCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.seed")
         parser.link_arguments("data.num_features", "model.num_features")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """On resume (--ckpt_path), the checkpoint's configuration becomes the defaults, so that
+        options left out continue the run as configured and a contradicting one is refused."""
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand") != "fit" or self.config.fit.ckpt_path is None:
+            return
+        path = checkpoint_file(self.config.fit)
+        checkpoint = contract.load_checkpoint(path)  # tensors and plain values, explicitly
+        recorded = checkpoint.get("run_config", {})
+        self._subcommand_parsers["fit"].set_defaults(
+            {option: recorded[key] for key, option in CLI_OPTIONS.items() if key in recorded}
+        )
+        super().parse_arguments(parser, args)
+        fit = self.config.fit
+        fit.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
+        self._recorded = recorded
+        given = {key: fit[option] for key, option in CLI_OPTIONS.items()}
+        contract.settle_config(
+            [
+                contract.Setting(
+                    key,
+                    f"--{CLI_OPTIONS[key]}",
+                    None if value == recorded.get(key) else value,
+                    None,
+                )
+                for key, value in given.items()
+            ],
+            recorded,
+        )
+        started = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+        reached = checkpoint["epoch"] + (started["processed"] > 0)
+        contract.check_epochs_left(fit.trainer.max_epochs, reached, "--trainer.max_epochs")
+
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].trainer
+        for option, value, known in (
+            ("accelerator", trainer.accelerator, ACCELERATORS),
+            ("strategy", trainer.strategy, STRATEGIES),
+        ):
+            if isinstance(value, str) and value not in known:
+                raise contract.UsageError(
+                    f"--trainer.{option} {value} is unknown; choose one of {', '.join(known)}"
+                )
         if trainer.max_epochs is None or trainer.max_epochs < 1:
             raise contract.UsageError(
                 f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more"
@@ -178,14 +290,30 @@ class TaskCLI(LightningCLI):
         contract.check_devices(str(trainer.accelerator), trainer.devices)
 
     def before_fit(self) -> None:
-        run_dir, ckpt_path = Path(self.trainer.log_dir), self.config.fit.ckpt_path
-        contract.check_run_dir(run_dir, resume=ckpt_path is not None)
-        if ckpt_path is not None:
-            # Refuse a missing, corrupt or unsafe checkpoint here, in one line, not mid-fit.
-            path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-            with contract.loading_checkpoint(path):
-                torch.load(path, map_location="cpu", weights_only=True)
+        fit, trainer = self.config_init.fit, self.trainer
+        contract.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
+        if fit.weights_only is False:
+            raise contract.UsageError(
+                "--weights_only false is not offered: checkpoints are read as tensors and plain "
+                "values only"
+            )
+        fit.weights_only = True  # the Trainer's own read, explicitly (checked in parse_arguments)
+        self.run_config = self.trainer_run_config()
+        if fit.ckpt_path is not None:
+            processes = "--trainer.devices x --trainer.num_nodes"
+            contract.settle_config(
+                [contract.Setting("world_size", processes, trainer.world_size, None)],
+                self._recorded,
+            )
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.callbacks.append(RunRecorder(self.run_config))
         self._start = time.perf_counter()
+
+    def trainer_run_config(self) -> dict[str, Any]:
+        """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
+        fit, trainer = self.config.fit, self.trainer
+        config = plain_values({key: fit[option] for key, option in CLI_OPTIONS.items()})
+        return config | {"precision": str(trainer.precision), "world_size": trainer.world_size}
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -208,6 +336,7 @@ class TaskCLI(LightningCLI):
             accumulate_grad_batches=trainer.accumulate_grad_batches,
             optimizer_steps=trainer.global_step,
             wall_clock_s=time.perf_counter() - self._start,
+            config=self.run_config,
             epochs=module.history,
         )
         contract.save_run(run_dir, record, module.model.state_dict())
@@ -218,6 +347,25 @@ class OneLineErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         contract.fail(" ".join(message.split()) + " (see --help)")
+
+
+def checkpoint_file(fit: Any) -> Path:
+    """The one file that --ckpt_path names: `last` is this run's checkpoints/last.ckpt exactly."""
+    if fit.ckpt_path != "last":
+        if fit.ckpt_path in ("best", "hpc") or str(fit.ckpt_path).startswith("registry"):
+            raise contract.UsageError(
+                f"--ckpt_path {fit.ckpt_path}: resume with --ckpt_path last, or a checkpoint's path"
+            )
+        return Path(fit.ckpt_path)
+    logger = fit.trainer.logger
+    init = getattr(logger, "init_args", None)
+    if init is None or getattr(init, "version", None) is None:
+        raise contract.UsageError(
+            "--ckpt_path last continues a named run: give its --trainer.logger.init_args.version "
+            "(and save_dir, name), or the checkpoint's path"
+        )
+    version = init.version if isinstance(init.version, str) else f"version_{init.version}"
+    return Path(init.save_dir, init.name or "", version, "checkpoints", "last.ckpt")
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def parse_args() -> object:
         "Train the task with plain PyTorch (torchrun for several processes)."
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--precision", choices=contract.PRECISIONS, default="32-true")
+    parser.add_argument("--precision", choices=contract.PRECISIONS, help="default: 32-true")
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
     return parser.parse_args()
 
@@ -51,6 +51,18 @@ def main() -> None:
         int(os.environ.get("WORLD_SIZE", 1)),
     )
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    run_dir = contract.resolve_run_dir(args.run_dir, "torch", args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = contract.load_checkpoint(checkpoint_path) if args.resume else None
+    config = contract.settle_args(
+        args,
+        None if checkpoint is None else checkpoint.pop("config", {}),
+        contract.Setting("precision", "--precision", args.precision, "32-true"),
+        contract.Setting("world_size", "processes", world_size, world_size),
+    )
+    if checkpoint is not None:
+        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
+    args.precision = config["precision"]
     contract.check_precision(args.precision, device.type == "cuda")
     contract.check_strategy(args.strategy, device.type == "cuda")
     if args.strategy == "fsdp" and not ddp:  # fully_shard needs torchrun's process group
@@ -63,9 +75,6 @@ def main() -> None:
         args.batch_size, world_size, args.accumulate, len(train_set)
     )
     contract.check_val_split(len(val_set), world_size)
-    run_dir = contract.resolve_run_dir(args.run_dir, "torch", args.resume)
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    checkpoint = contract.load_checkpoint(checkpoint_path) if args.resume else None
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
@@ -99,11 +108,12 @@ def main() -> None:
 
     # Where training stands: a checkpoint restores it exactly, mid-epoch included.
     state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}
+    state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if checkpoint is not None:
         set_state_dict(raw_model, optimizer, model_state_dict=checkpoint.pop("model"),
                        optim_state_dict=checkpoint.pop("optimizer"))  # fmt: skip
         scaler.load_state_dict(checkpoint.pop("scaler"))
-        state = checkpoint
+        state = {**checkpoint, "config": config}
         if master:
             print(contract.resume_line(checkpoint_path, state), flush=True)
 
@@ -161,6 +171,7 @@ def main() -> None:
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
+            config=config,
             epochs=state["history"],
         )
         contract.save_run(run_dir, record, model_state)

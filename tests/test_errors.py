@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RUNNERS, run, without_cuda
+from conftest import RUNNERS, run, run_env, without_cuda
 
 BY_NAME = {runner.name: runner for runner in RUNNERS}
 COMMON = {  # the same mistakes, in each runner's own spelling
     "torch": [["--bogus"], ["--epochs", "0"], ["--num-samples", "-5"], ["--lr", "nan"],
               ["--batch-size", "30", "--accumulate", "4"], ["--device", "cuda"]],
     "fabric": [["--bogus"], ["--epochs", "0"], ["--hidden-dim", "0"], ["--lr", "abc"],
-               ["--devices", "3"], ["--accelerator", "cuda"]],
+               ["--devices", "3"], ["--accelerator", "cuda"], ["--strategy", "bogus"]],
     "lightning": [["--bogus"], ["--trainer.max_epochs", "0"], ["--data.num_samples", "0"],
                   ["--model.lr", "-1"], ["--trainer.devices", "3"],
                   ["--data.batch_size", "30", "--trainer.accumulate_grad_batches", "4"],
-                  ["--trainer.accelerator", "gpu"], ["--config", "configs/lightning/none.yaml"]],
+                  ["--trainer.accelerator", "gpu"], ["--config", "configs/lightning/none.yaml"],
+                  ["--trainer.strategy", "bogus"], ["--trainer.accelerator", "bogus"]],
     "accelerate": [["--bogus"], ["--epochs", "0"], ["--batch-size", "0"], ["--lr", "inf"],
                    ["--batch-size", "30", "--accumulate", "4"], ["--mixed-precision", "fp16"]],
 }  # fmt: skip
@@ -46,6 +47,14 @@ def test_bad_input_is_refused_in_one_line(name: str, args: list[str], tmp_path: 
     run_dir = tmp_path / "run"
     assert_refused(run(BY_NAME[name].command(run_dir, 1, args)), run_dir)
     assert not run_dir.exists() or not any(run_dir.rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_a_bad_precision_from_accelerate_launch_is_refused(tmp_path: Path) -> None:
+    # What `accelerate launch --mixed_precision` or its config file hands the script.
+    run_dir = tmp_path / "run"
+    command = BY_NAME["accelerate"].command(run_dir, 1)
+    assert_refused(run(command, run_env(ACCELERATE_MIXED_PRECISION="fp17")), run_dir)
 
 
 @pytest.mark.slow

@@ -1,34 +1,62 @@
-"""Killed runs resume from their newest complete checkpoint and end as if never interrupted."""
+"""Killed runs resume from their newest complete checkpoint and end as if never interrupted;
+a checkpoint never runs code and a resume never silently changes the run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import (
+    PYTHON,
+    ROOT,
     RUNNERS,
     TIMEOUT_S,
     Runner,
     free_port,
     load_metrics,
     load_weights,
-    max_abs_diff,
     run,
     run_env,
 )  # fmt: skip
 
+import accelerate_train
 import contract
+import fabric_train
+import lightning_module
+import simple_train
+
+# The runners' modules, imported here, not inside a test: Lightning's log handlers keep the
+# stderr they find at import, and a test's captured stderr is closed when the test ends.
+MODULES = {"torch": simple_train, "fabric": fabric_train, "lightning": lightning_module,
+           "accelerate": accelerate_train}  # fmt: skip
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
 # after the checkpoint at step 56, the newest complete one: epoch 3, batch 6.
 KILL_STEP, EVERY = 60, 7
 BY_NAME = {runner.name: runner for runner in RUNNERS}
+# A run configured away from the defaults, so that a resume which forgot the configuration
+# (and trained on defaults) could not end with the same weights.
+CONFIG = {"lr": "0.002", "hidden_dim": "16", "seed": "7"}
+LIGHTNING_OPTIONS = {"lr": "--model.lr", "hidden_dim": "--model.hidden_dim",
+                     "num_samples": "--data.num_samples", "seed": "--seed_everything",
+                     "epochs": "--trainer.max_epochs"}  # fmt: skip
+
+
+def option(name: str, key: str) -> str:
+    """How runner `name` spells the task option `key`."""
+    return LIGHTNING_OPTIONS[key] if name == "lightning" else "--" + key.replace("_", "-")
+
+
+def options(name: str, **values: str) -> list[str]:
+    return [arg for key, value in values.items() for arg in (option(name, key), value)]
 
 
 def checkpoint_args(name: str) -> list[str]:
@@ -41,9 +69,9 @@ def resume_args(name: str) -> list[str]:
     return ["--ckpt_path", "last"] if name == "lightning" else ["--resume"]
 
 
-def killed_run(runner: Runner, run_dir: Path, processes: int, fault: str) -> int:
+def killed_run(runner: Runner, run_dir: Path, processes: int, fault: str, args=()) -> int:
     """Start a run that SIGKILLs its rank 0 at `fault`; end every process it left behind."""
-    command = runner.command(run_dir, processes, checkpoint_args(runner.name))
+    command = runner.command(run_dir, processes, [*checkpoint_args(runner.name), *args])
     env = run_env(TASK_FAULT=fault, MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -57,33 +85,66 @@ def killed_run(runner: Runner, run_dir: Path, processes: int, fault: str) -> int
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def assert_same_weights(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == reference.keys()
+    for key in reference:  # every tensor, bit for bit
+        assert torch.equal(ours[key], reference[key]), key
+
+
+def epoch_numbers(stdout: str) -> list[int]:
+    return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.fixture(scope="module")
+def configured_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run with CONFIG: the four runners reach the same weights bit for bit
+    on one device (test_single_device), so plain PyTorch's run is every runner's reference."""
+    run_dir = tmp_path_factory.mktemp("configured") / "run"
+    BY_NAME["torch"].train(run_dir, 1, options("torch", **CONFIG))
+    return run_dir
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("name", list(BY_NAME))
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
-    name: str, processes: int, tmp_path: Path, single_device_runs: dict[str, Path]
+def test_sigkill_mid_epoch_then_resume_alone_matches_an_uninterrupted_run(
+    name: str, processes: int, tmp_path: Path, configured_reference: Path
 ) -> None:
     runner, run_dir = BY_NAME[name], tmp_path / "run"
-    assert killed_run(runner, run_dir, processes, f"step:{KILL_STEP}") != 0
+    killed = killed_run(runner, run_dir, processes, f"step:{KILL_STEP}", options(name, **CONFIG))
+    assert killed != 0
     assert not (run_dir / "model.pt").exists()
     assert (run_dir / "checkpoints").is_dir()
 
+    # The resume names no task option: the configuration comes from the checkpoint.
     result = runner.train(run_dir, processes, checkpoint_args(name) + resume_args(name))
-    if name != "lightning":  # the Trainer says it its own way: "Restored all states from ..."
-        assert "epoch 3, batch 6, optimizer step 56" in result.stdout
-    reference = single_device_runs[name]
-    diff = max_abs_diff(load_weights(run_dir), load_weights(reference))
-    assert diff == 0.0 if processes == 1 else diff <= 1e-6
-    resumed, uninterrupted = load_metrics(run_dir), load_metrics(reference)
+    # Proof that it resumed: where it says it restarted, and the epochs it trained. A run that
+    # ignored the checkpoint would train (and print) epochs 1 and 2 again.
+    assert "epoch 3, batch 6, optimizer step 56" in result.stdout
+    assert epoch_numbers(result.stdout) == [3, 4, 5], result.stdout
+    ours, reference = load_weights(run_dir), load_weights(configured_reference)
+    if processes == 1:
+        assert_same_weights(ours, reference)
+    else:  # another summation order: see test_ddp for this bound
+        assert max((ours[k] - reference[k]).abs().max().item() for k in reference) <= 1e-6
+    resumed, uninterrupted = load_metrics(run_dir), load_metrics(configured_reference)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == 125
-    for ours, ref in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
+    assert resumed["config"] == uninterrupted["config"] | {"world_size": processes}
+    for ours_epoch, ref in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):  # the interrupted epoch included
-            assert ours[key] == pytest.approx(ref[key], abs=1e-6), (ours["epoch"], key)
+            assert ours_epoch[key] == pytest.approx(ref[key], abs=1e-6), (ours_epoch["epoch"], key)
+    if name in ("lightning", "fabric"):  # their CSV loggers start the file anew on resume
+        rows = (run_dir / "metrics.csv").read_text().splitlines()
+        assert len([row for row in rows[1:] if "train_loss" not in row]) >= 5, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "fault", "leftover"),
     [
         ("torch", "write-last.pt:3", ".last.pt.*"),  # the 3rd write: the step-21 checkpoint
+        ("fabric", "write-last.ckpt:3", ".last.ckpt.*"),
+        ("lightning", "write-last.ckpt:3", ".last.ckpt.*"),
         ("accelerate", "write-checkpoint:21", ".partial_step_000021"),
     ],
 )
@@ -95,10 +156,63 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(
     assert list((run_dir / "checkpoints").glob(leftover)), "the kill came before the rename"
 
     result = runner.train(run_dir, 1, checkpoint_args(name) + resume_args(name))
-    assert "optimizer step 14" in result.stdout  # the previous checkpoint, whole
-    assert torch.equal(
-        load_weights(run_dir)["out.weight"], load_weights(single_device_runs[name])["out.weight"]
-    )
+    assert "epoch 1, batch 14, optimizer step 14" in result.stdout  # the previous one, whole
+    assert_same_weights(load_weights(run_dir), load_weights(single_device_runs[name]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: each runner's own main(), in this process (torch reads TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+# at every call), on a checkpoint written by a real run. None of these trains.
+# ---------------------------------------------------------------------------------------------
+SMALL = {"num_samples": "200", "epochs": "2", "lr": "0.002"}  # 5 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def epoch_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each runner's checkpoint after two finished epochs (its outputs removed: unfinished)."""
+    root = tmp_path_factory.mktemp("epoch_checkpoints")
+    dirs = {runner.name: root / runner.name for runner in RUNNERS}
+    runs = [  # side by side: most of each is starting Python
+        subprocess.Popen(runner.command(dirs[runner.name], 1, options(runner.name, **SMALL)),
+                         cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL)
+        for runner in RUNNERS
+    ]  # fmt: skip
+    for proc in runs:
+        assert proc.wait(timeout=TIMEOUT_S) == 0
+    for run_dir in dirs.values():
+        for output in ("model.pt", "metrics.json"):
+            (run_dir / output).unlink()
+    return dirs
+
+
+def resume_in_process(
+    name: str, run_dir: Path, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """Run the runner's real `main()` as `python <script> ... <resume> <args>` would."""
+    command = BY_NAME[name].command(run_dir, 1, [*resume_args(name), *args])
+    module = MODULES[name]
+    argv, sys.argv = sys.argv, command[1:]
+    try:
+        contract.run_main(module.main)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = argv
+    return code, capsys.readouterr().err
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def assert_refused(code: int, err: str, run_dir: Path, before: dict[str, bytes]) -> str:
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not (run_dir / "model.pt").exists()
+    assert snapshot(run_dir / "checkpoints") == before, "the checkpoint was changed"
+    return lines[0]
 
 
 class RunsCode:
@@ -116,28 +230,132 @@ def plant(path: Path, marker: Path) -> None:
     path.write_bytes(pickle.dumps(RunsCode(marker)))
 
 
-def test_the_hostile_pickle_really_runs_code_when_trusted(tmp_path: Path) -> None:
-    # The payload the next test refuses is live: loaded without weights_only, it runs.
+def test_the_hostile_pickle_really_runs_code_when_the_default_is_flipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The payload below is live, and the environment switch is read at call time: with it set,
+    # a load that leaves weights_only to torch's default runs the code; an explicit True wins.
     plant(tmp_path / "evil.pt", tmp_path / "ran")
-    with contextlib.suppress(RuntimeError):  # it runs, then torch finds no valid checkpoint
-        torch.load(tmp_path / "evil.pt", weights_only=False)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "evil.pt", weights_only=True)
+    assert not (tmp_path / "ran").exists()
+    with contextlib.suppress(RuntimeError), pytest.warns(UserWarning):
+        torch.load(tmp_path / "evil.pt")  # runs, then torch finds no valid checkpoint
     assert (tmp_path / "ran").exists()
 
 
+READ = {
+    "torch": "last.pt",
+    "fabric": "last.ckpt",
+    "lightning": "last.ckpt",
+}  # + all of Accelerate's
+
+
+def stray_files(name: str, run_dir: Path) -> list[Path]:
+    """Files that are not the checkpoint a resume should read, planted beside it."""
+    checkpoints = run_dir / "checkpoints"
+    if name == "accelerate":  # a newer folder (taken as the newest), and an unknown file
+        newest = sorted(checkpoints.glob("step_*"))[-1]
+        return [checkpoints / "step_999999" / "optimizer.bin", newest / "custom_checkpoint_0.pkl"]
+    # the Trainer's `--ckpt_path last` alone would take the newest last*.ckpt
+    return [checkpoints / ("last-v1.pt" if name == "torch" else "last-v1.ckpt")]
+
+
+@pytest.mark.parametrize("force_unsafe_default", [False, True])
 @pytest.mark.parametrize("name", list(BY_NAME))
-def test_a_checkpoint_that_would_run_code_is_refused(name: str, tmp_path: Path) -> None:
-    runner, run_dir, marker = BY_NAME[name], tmp_path / "run", tmp_path / "ran"
-    if name == "accelerate":
-        # A real checkpoint folder, with its optimizer file swapped for the hostile one.
-        assert killed_run(runner, run_dir, 1, "step:10") != 0
-        plant(run_dir / "checkpoints" / "step_000007" / "optimizer.bin", marker)
-    else:
-        plant(run_dir / "checkpoints" / ("last.pt" if name == "torch" else "last.ckpt"), marker)
-    result = run(runner.command(run_dir, 1, resume_args(name)))
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "not a loadable checkpoint" in result.stderr
-    assert not marker.exists(), "the checkpoint's code ran"
-    assert not (run_dir / "model.pt").exists()
+def test_no_checkpoint_file_can_run_code(
+    name: str,
+    force_unsafe_default: bool,
+    epoch_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = epoch_checkpoints[name]
+    written = sorted(p for p in (source / "checkpoints").rglob("*") if p.is_file())
+    assert written, "the run wrote no checkpoint"
+    if force_unsafe_default:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    cases = [p.relative_to(source) for p in written] + [
+        p.relative_to(source) for p in stray_files(name, source)
+    ]
+    for i, relative in enumerate(cases):  # each file the run wrote, in turn, then the strays
+        run_dir, marker = tmp_path / f"case_{i}", tmp_path / f"ran_{i}"
+        shutil.copytree(source, run_dir)
+        if relative.parent.name == "step_999999":  # a whole newer folder, one file hostile
+            newest = sorted((run_dir / "checkpoints").glob("step_*"))[0]
+            shutil.copytree(newest, run_dir / relative.parent)
+        plant(run_dir / relative, marker)
+        before = snapshot(run_dir / "checkpoints")
+        code, err = resume_in_process(name, run_dir, [], capsys)
+        assert not marker.exists(), f"{relative}: its code ran"
+        if code == 0:  # resumed without reading it: only a file that is not the checkpoint
+            assert name != "accelerate" and relative.name != READ[name], relative
+            assert (run_dir / "model.pt").exists()
+        else:
+            line = assert_refused(code, err, run_dir, before)
+            assert relative.name in line, line  # the file that was checked is named
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_a_truncated_checkpoint_is_refused_as_such(
+    name: str, epoch_checkpoints: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(epoch_checkpoints[name], run_dir)
+    files = (run_dir / "checkpoints").rglob(READ.get(name, "*.*"))  # one it reads, the largest
+    path = max(files, key=lambda p: p.stat().st_size)
+    path.write_bytes(path.read_bytes()[:500])
+    before = snapshot(run_dir / "checkpoints")
+    line = assert_refused(*resume_in_process(name, run_dir, [], capsys), run_dir, before)
+    assert "truncated or corrupt" in line and path.name in line, line
+    assert "remove" not in line  # no advice that would delete a checkpoint
+
+
+OTHER_CONFIG = [("lr", "0.01"), ("hidden_dim", "8"), ("num_samples", "400")]
+
+
+@pytest.mark.parametrize(("key", "value"), OTHER_CONFIG)
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_resume_with_another_configuration_is_refused(
+    name: str, key: str, value: str, epoch_checkpoints: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(epoch_checkpoints[name], run_dir)
+    before = snapshot(run_dir / "checkpoints")
+    code, err = resume_in_process(name, run_dir, options(name, **{key: value}), capsys)
+    line = assert_refused(code, err, run_dir, before)
+    recorded = SMALL.get(key, {"hidden_dim": "32"}.get(key))
+    assert f"{option(name, key)} {value} contradicts" in line, line
+    assert f"{option(name, key)} {recorded}" in line, line  # the checkpoint's value
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_resume_cannot_end_before_the_checkpoint(
+    name: str, epoch_checkpoints: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(epoch_checkpoints[name], run_dir)
+    before = snapshot(run_dir / "checkpoints")
+    code, err = resume_in_process(name, run_dir, options(name, epochs="1"), capsys)
+    line = assert_refused(code, err, run_dir, before)
+    assert f"{option(name, 'epochs')} 1: the checkpoint has trained into epoch 2" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_a_resume_may_train_more_epochs(
+    name: str, epoch_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(epoch_checkpoints[name], run_dir)
+    result = BY_NAME[name].train(run_dir, 1, [*resume_args(name), *options(name, epochs="3")])
+    assert epoch_numbers(result.stdout) == [3]
+    metrics = load_metrics(run_dir)
+    assert metrics["config"]["epochs"] == 3 and metrics["config"]["lr"] == 0.002
+    assert [epoch["epoch"] for epoch in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["optimizer_steps"] == 15
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
@@ -148,10 +366,14 @@ def test_resume_without_a_checkpoint_is_refused(name: str, tmp_path: Path) -> No
     assert result.stderr.count("\n") == 1 and "no checkpoint to resume from" in result.stderr
 
 
-def test_a_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "run" / "checkpoints" / "last.pt"
-    path.parent.mkdir(parents=True)
-    contract.save_checkpoint(path, {"model": {"w": torch.ones(1000)}})
-    path.write_bytes(path.read_bytes()[:500])
-    result = run(BY_NAME["torch"].command(tmp_path / "run", 1, ["--resume"]))
-    assert result.returncode == 2 and "not a loadable checkpoint" in result.stderr
+def test_a_refused_resume_end_to_end(epoch_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    # The in-process refusals above, once as a user types it: a hostile file, the variable set.
+    run_dir, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(epoch_checkpoints["fabric"], run_dir)
+    plant(run_dir / "checkpoints" / "last.ckpt", marker)
+    command = [PYTHON, "fabric_train.py", "--accelerator", "cpu", "--run-dir", str(run_dir),
+               "--resume"]  # fmt: skip
+    result = run(command, run_env(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "more than tensors and plain values" in result.stderr
+    assert not marker.exists()

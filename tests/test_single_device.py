@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,13 @@ import task
 
 CONTRACT_FIELDS = {
     "runner", "versions", "world_size", "device", "precision", "seed", "global_batch_size",
-    "per_device_batch_size", "accumulate_grad_batches", "optimizer_steps", "wall_clock_s", "epochs",
+    "per_device_batch_size", "accumulate_grad_batches", "optimizer_steps", "wall_clock_s", "config",
+    "epochs",
+}  # fmt: skip
+CONFIG = {  # the run's configuration, as checkpoints record it: the defaults here
+    "seed": task.SEED, "epochs": task.EPOCHS, "global_batch_size": task.GLOBAL_BATCH_SIZE,
+    "lr": task.LEARNING_RATE, "num_samples": task.NUM_SAMPLES, "hidden_dim": task.HIDDEN_DIM,
+    "accumulate": 1, "precision": "32-true", "world_size": 1,
 }  # fmt: skip
 
 
@@ -48,6 +55,16 @@ def test_metrics_json_holds_the_contract_fields(single_device_runs: dict[str, Pa
         assert metrics["optimizer_steps"] == 5 * 800 // 32
         assert metrics["precision"] == "32-true" and metrics["seed"] == 42
         assert metrics["versions"]["torch"] == torch.__version__
+        assert metrics["config"] == CONFIG, name
+
+
+def test_outputs_have_the_usual_file_mode(single_device_runs: dict[str, Path]) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name, run_dir in single_device_runs.items():
+        for output in ("model.pt", "metrics.json"):
+            mode = (run_dir / output).stat().st_mode & 0o777
+            assert mode == 0o666 & ~umask, (name, output, oct(mode))
 
 
 def test_console_prints_one_line_per_epoch(single_device_runs: dict[str, Path]) -> None:
