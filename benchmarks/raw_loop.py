@@ -11,7 +11,6 @@ collate. One process, fp32, no accumulation, no progress bar, no checkpoint.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,11 @@ import task
 def main() -> None:
     args = contract.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
     args = args.parse_args()
+    config = contract.settle_args(args, None)  # no resume: what was given, else the defaults
+    if args.resume or args.checkpoint_every:
+        raise contract.UsageError(
+            "the raw-tensor loop keeps no checkpoints; drop --resume and --checkpoint-every"
+        )
     if args.accumulate != 1:
         raise contract.UsageError(
             "the raw-tensor loop does not accumulate; leave --accumulate at 1"
@@ -73,11 +77,11 @@ def main() -> None:
         accumulate_grad_batches=1,
         optimizer_steps=steps,
         wall_clock_s=time.perf_counter() - start,
+        config=config,
         epochs=history,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
-    torch.save(model.state_dict(), run_dir / "model.pt")
+    contract.save_run(run_dir, record, model.state_dict())
 
 
 @torch.no_grad()
