@@ -115,8 +115,10 @@ def main() -> None:
     for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_loader, state["batch"])  # the trained ones
-        batches.set_epoch(epoch)
+        batches = train_loader
+        if state["batch"]:  # resumed mid-epoch: a loader that skips the batches trained already
+            batches = accelerator.skip_first_batches(train_loader, state["batch"])
+            batches.set_epoch(epoch)
         model.train()
         for x, y in contract.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
             # Inside accumulate(), backward divides the loss by the steps and skips the gradient
@@ -126,7 +128,7 @@ def main() -> None:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            module.train_loss.update(loss.detach(), weight=y.numel())
+            module.record_train_loss(loss, y.numel())
             state["batch"] += 1
             if accelerator.sync_gradients:
                 state["steps"] += 1

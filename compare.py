@@ -54,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,18 +67,20 @@ ROOT = Path(__file__).resolve().parent
 STEP_TIMER = ROOT / "benchmarks" / "steptimer"
 RUNNERS = ("torch", "fabric", "lightning", "accelerate")
 EXTRA_RUNNERS = ("raw",)  # benchmarks/raw_loop.py: no DataLoader, 1 process, fp32 only
+# Each framework's minimal loop (minimal/): the benchmark's baseline for that framework. They
+# take the task's size only (--epochs, --num-samples, --hidden-dim), and write model.pt alone.
+MINIMAL = {
+    "min-torch": "minimal/simple_train.py",
+    "min-fabric": "minimal/fabric_train.py",
+    "min-accelerate": "minimal/accelerate_train.py",
+    "min-lightning": "minimal/lightning_train.py",
+}
 REFERENCE = "torch"
 CPU_PRECISIONS = ("32-true", "bf16-mixed")
 ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
 # What compare.py sets beyond the task's knobs, and why. The report lists these.
-RUNNER_SETTINGS = {
-    "lightning": (
-        "--trainer.enable_progress_bar false: the other runners draw no bar when their output is "
-        "not a terminal (compare.py logs to files); the Trainer draws one regardless, at a cost "
-        "per step. Everything else stays each runner's default, checkpoints included."
-    ),
-}
+RUNNER_SETTINGS: dict[str, str] = {}  # none: every runner keeps its defaults, checkpoints too
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +141,8 @@ class Run:
 
     @property
     def ok(self) -> bool:
+        if self.runner in MINIMAL:  # a minimal loop writes model.pt alone
+            return self.exit_code == 0 and (self.run_dir / "model.pt").exists()
         return self.exit_code == 0 and self.metrics is not None
 
     @property
@@ -197,8 +201,10 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
     """The runner's real entry point for this mode, and the environment it needs on top."""
     py, n, env = sys.executable, run.mode.processes, {}
     port = str(free_port()) if n > 1 else None
-    flags = task_flags(run.runner, run.mode, run.settings)
-    if run.runner in ("torch", "raw"):
+    if run.runner in MINIMAL:
+        argv = minimal_command(run, port)
+    elif run.runner in ("torch", "raw"):
+        flags = task_flags(run.runner, run.mode, run.settings)
         script = "simple_train.py" if run.runner == "torch" else "benchmarks/raw_loop.py"
         start = [py, script] if n == 1 else [py, "-m", "torch.distributed.run"]
         if n > 1:
@@ -207,17 +213,20 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         if run.runner == "torch":
             argv[len(start) : len(start)] = ["--device", "cpu"]
     elif run.runner == "fabric":
+        flags = task_flags(run.runner, run.mode, run.settings)
         argv = [py, "fabric_train.py", "--accelerator", "cpu", "--devices", str(n), *flags]
         argv += ["--run-dir", str(run.run_dir)]
     elif run.runner == "lightning":
+        flags = task_flags(run.runner, run.mode, run.settings)
         argv = [py, "lightning_module.py", "fit", "--trainer.accelerator", "cpu"]
         argv += ["--trainer.devices", str(n), *(["--trainer.strategy", "ddp"] if n > 1 else [])]
-        argv += [*flags, "--trainer.enable_progress_bar", "false"]
+        argv += flags
         root, name, version = run.run_dir.parent.parent, run.run_dir.parent.name, run.run_dir.name
         argv += ["--trainer.logger.init_args.save_dir", str(root)]
         argv += ["--trainer.logger.init_args.name", name]
         argv += ["--trainer.logger.init_args.version", version]
     elif run.runner == "accelerate":
+        flags = task_flags(run.runner, run.mode, run.settings)
         argv = [py, "accelerate_train.py"]
         if n > 1:
             argv = [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
@@ -227,9 +236,35 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         argv += ["--cpu", *flags, "--run-dir", str(run.run_dir)]
     else:
         raise ValueError(run.runner)
-    if port and run.runner in ("fabric", "lightning"):
+    if port and run.runner in ("fabric", "lightning", "min-fabric", "min-lightning"):
         env["MASTER_PORT"] = port
     return [*argv, *run.extra_args], env
+
+
+def minimal_command(run: Run, port: str | None) -> list[str]:
+    """A minimal loop (minimal/), launched as its docstring says: the task's size only."""
+    s, mode, script, py = run.settings, run.mode, MINIMAL[run.runner], sys.executable
+    if dataclasses.replace(s, epochs=0, num_samples=0, hidden_dim=0) != TaskSettings(0, 0, 0):
+        raise ValueError(f"{run.runner} takes the task's defaults beyond its size: {s}")
+    if mode.precision != "32-true" or mode.accumulate != 1:
+        raise ValueError(f"{run.runner} trains in fp32 without accumulation only")
+    n = mode.processes
+    argv = [py, script]
+    if run.runner == "min-torch":
+        if n > 1:
+            argv = [py, "-m", "torch.distributed.run", "--nproc_per_node", str(n)]
+            argv += ["--master_port", str(port), script]
+        argv += ["--device", "cpu"]
+    elif run.runner in ("min-fabric", "min-lightning"):
+        argv += ["--accelerator", "cpu", "--devices", str(n)]
+    elif n > 1:  # min-accelerate
+        argv = [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
+        argv += ["--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+        argv += ["--main_process_port", str(port), script, "--cpu"]
+    else:
+        argv += ["--cpu"]
+    argv += ["--epochs", str(s.epochs), "--num-samples", str(s.num_samples)]
+    return [*argv, "--hidden-dim", str(s.hidden_dim), "--save", str(run.run_dir / "model.pt")]
 
 
 def child_env(run: Run, extra: dict[str, str]) -> dict[str, str]:
@@ -374,6 +409,8 @@ def can_start(run: Run, active: list[Run], jobs: int) -> bool:
 def launch(run: Run) -> subprocess.Popen:
     (run.log_dir / "steps").mkdir(parents=True, exist_ok=True)
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if run.runner in MINIMAL:  # --save names a file: its folder must exist
+        run.run_dir.mkdir(exist_ok=True)
     run.argv, extra_env = command(run)
     with (
         open(run.log_dir / "stdout.log", "w") as out,
@@ -598,9 +635,11 @@ def row(run: Run) -> dict[str, str]:
 
 
 def markdown_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    def cells(values: Iterable[str]) -> str:  # a pipe inside a cell would end it: escaped
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    lines = [cells(columns), "|" + "---|" * len(columns)]
+    return "\n".join(lines + [cells(r[c] for c in columns) for r in rows])
 
 
 RULE = (
@@ -744,20 +783,23 @@ def plot_curves(runs: Sequence[Run], path: Path) -> None:
 
 
 def plot_step_times(runs: Sequence[Run], path: Path) -> None:
-    """The distribution of steady-state step times per run (box: p25-p75, line: median)."""
+    """The distribution of steady-state step times per run: box p25-p75, whiskers p5-p95."""
     import matplotlib.pyplot as plt
 
     timed = [r for r in runs if r.steps and r.steps["intervals_s"]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(timed) + 1.2))
     data = [[t * 1e6 for t in r.steps["intervals_s"]] for r in timed]
     if timed:
-        ax.boxplot(data, orientation="horizontal", showfliers=False, widths=0.6)
+        ax.boxplot(data, orientation="horizontal", whis=(5, 95), showfliers=False, widths=0.6)
         ax.set_yticks(range(1, len(timed) + 1), [r.name for r in timed], fontsize=8)
         for i, values in enumerate(data, start=1):
             median = statistics.median(values)
             ax.annotate(f"{median:.0f}", (median, i - 0.34), fontsize=7, ha="center")
     ax.invert_yaxis()
-    ax.set(xlabel="time per optimizer step, µs (steady state: first epoch excluded)")
+    ax.set(
+        title="Time per optimizer step (median, box p25–p75, whiskers p5–p95)",
+        xlabel="µs, steady state: first epoch excluded, rank 0",
+    )
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -819,22 +861,33 @@ def markdown_report(report: dict[str, Any], runs: Sequence[Run]) -> str:
     return "\n".join(text) + "\n"
 
 
-def print_table(runs: Sequence[Run], lines: list[str]) -> None:
-    rows = [row(r) for r in runs]
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
+# The console's table, one per mode, fits 100 columns; report.md and report.json hold the rest.
+CONSOLE_COLUMNS = (
+    "runner", "val loss", "val acc", "max |Δw| vs torch", "Δw vs replay", "agrees", "step µs",
+    "total s",
+)  # fmt: skip
 
-        table = Table(*COLUMNS, header_style="bold")
+
+def print_table(runs: Sequence[Run], lines: list[str]) -> None:
+    by_mode: dict[Mode, list[dict[str, str]]] = {}
+    for run in runs:
+        by_mode.setdefault(run.mode, []).append(row(run))
+    for mode, rows in by_mode.items():
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(*CONSOLE_COLUMNS, title=mode.label, header_style="bold")
+            for r in rows:
+                style = "red" if r["agrees"] not in ("yes", "–") else None
+                table.add_row(*(r[c] for c in CONSOLE_COLUMNS), style=style)
+            Console().print(table)
+            continue
+        widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in CONSOLE_COLUMNS}
+        print(f"{mode.label}:")
+        print("  ".join(c.ljust(widths[c]) for c in CONSOLE_COLUMNS).rstrip())
         for r in rows:
-            style = "red" if r["agrees"] not in ("yes", "–") else None
-            table.add_row(*(r[c] for c in COLUMNS), style=style)
-        Console().print(table)
-    else:
-        widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
-        print("  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip())
-        for r in rows:
-            print("  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip())
+            print("  ".join(r[c].ljust(widths[c]) for c in CONSOLE_COLUMNS).rstrip())
     print("\n".join(lines))
 
 
@@ -915,15 +968,13 @@ def parse_extra_args(items: Sequence[str], runners: Sequence[str]) -> dict[str, 
 
 def modes(args: argparse.Namespace) -> list[Mode]:
     """Every combination asked for, refused here (not after minutes of runs) if a runner would."""
-    num_val = round(task.VAL_FRACTION * args.num_samples)
     result = []
     for n, precision, k in itertools.product(args.processes, args.precision, args.accumulate):
         if precision not in CPU_PRECISIONS:
             raise contract.UsageError(
                 f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed"
             )
-        contract.micro_batch_size(args.batch_size, n, k, args.num_samples - num_val)
-        contract.check_val_split(num_val, n)
+        contract.micro_batch_size(args.batch_size, n, k, *contract.split_sizes(args.num_samples))
         result.append(Mode(n, precision, k))
     if "raw" in args.runners and any(m != Mode(1, "32-true", 1) for m in result):
         raise contract.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")

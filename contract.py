@@ -38,24 +38,68 @@ class UsageError(Exception):
     """Bad input: reported as one line on stderr, exit status 2, before any training."""
 
 
-def micro_batch_size(global_batch: int, world_size: int, accumulate: int, num_train: int) -> int:
+def micro_batch_size(
+    global_batch: int, world_size: int, accumulate: int, num_train: int, num_val: int
+) -> int:
     """The per-device batch of one forward pass: global batch / (processes x accumulation steps).
 
-    Refuses splits that would silently change the optimisation: a remainder, or a data set that
-    the processes cannot share evenly (DistributedSampler would pad it with duplicates).
+    Refuses splits that would silently change the optimisation or the metrics: a remainder, or
+    a training or validation set that the processes cannot share evenly (DistributedSampler
+    would pad it with duplicates). The refusal names a combination that works.
     """
+    problem = split_problem(global_batch, world_size, accumulate, num_train, num_val)
+    if problem:
+        raise UsageError(
+            f"{problem}; {working_splits(global_batch, world_size, accumulate, num_train, num_val)}"
+        )
+    return global_batch // (world_size * accumulate)
+
+
+def split_problem(
+    batch: int, world_size: int, accumulate: int, num_train: int, num_val: int
+) -> str:
+    if batch % (world_size * accumulate):
+        return (
+            f"global batch size {batch} is not divisible by {world_size} process(es) x "
+            f"{accumulate} accumulation step(s)"
+        )
+    for count, name in ((num_train, "training"), (num_val, "validation")):
+        if count % world_size:
+            return f"{count} {name} samples cannot be shared evenly by {world_size} processes"
+    return ""
+
+
+def working_splits(
+    batch: int, world_size: int, accumulate: int, num_train: int, num_val: int
+) -> str:
+    """What would work instead: the nearest batch size and sample count for these processes,
+    and the process counts that fit the current settings."""
     split = world_size * accumulate
-    if global_batch % split:
-        raise UsageError(
-            f"global batch size {global_batch} is not divisible by {world_size} process(es) x "
-            f"{accumulate} accumulation step(s); use a multiple of {split}"
-        )
-    if num_train % world_size:
-        raise UsageError(
-            f"{num_train} training samples cannot be shared evenly by {world_size} processes; "
-            "choose a number of samples or processes that divides it"
-        )
-    return global_batch // split
+    fitting_batch = -(-batch // split) * split
+    samples = num_train + num_val
+    while any(n % world_size for n in split_sizes(samples)):
+        samples += 1
+    fitting = [
+        n
+        for n in range(1, max(8, world_size) + 1)
+        if not split_problem(batch, n, accumulate, num_train, num_val)
+    ]
+    instead = (
+        f"{world_size} processes work with a global batch size of {fitting_batch} "
+        f"and {samples} samples"
+    )
+    if not fitting:
+        return f"{instead}; no process count fits the current settings"
+    counts = (
+        ", ".join(map(str, fitting[:-1])) + (" or " if len(fitting) > 1 else "") + str(fitting[-1])
+    )
+    return f"{instead}; the current settings fit {counts} process(es)"
+
+
+def split_sizes(num_samples: int) -> tuple[int, int]:
+    """Training and validation samples, as task.split_dataset splits them."""
+    num_val = round(task.VAL_FRACTION * num_samples)
+    return num_samples - num_val, num_val
 
 
 def cuda_requested(accelerator: str) -> bool:
@@ -95,15 +139,6 @@ def check_strategy(strategy: str, on_cuda: bool) -> None:
         raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use ddp")
 
 
-def check_val_split(num_val: int, world_size: int) -> None:
-    """Validation must see each sample exactly once: N processes must divide the validation set."""
-    if num_val % world_size:
-        raise UsageError(
-            f"{num_val} validation samples cannot be shared evenly by {world_size} processes; "
-            "choose a number of samples or processes that divides it"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # Console and run directory
 # ---------------------------------------------------------------------------------------------
@@ -114,13 +149,19 @@ def epoch_line(epoch: int, metrics: dict[str, float]) -> str:
     )
 
 
+def on_terminal() -> bool:
+    """The console rule of all four runners: a progress bar only when a person watches (stdout
+    and stderr both terminals); in a log or a pipe the epoch lines alone, nothing redrawn."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def progress(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
-    """A tqdm bar on rank 0 when stderr is a terminal; without tqdm installed, no bar."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    """A tqdm bar on rank 0 on a terminal; otherwise the loader itself, unwrapped."""
+    if not (enabled and on_terminal()):
         return iterable
-    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
 
 
 def next_run_dir(root: str | Path, runner: str) -> Path:
@@ -219,6 +260,7 @@ def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tens
     text = json.dumps(record.to_json(), indent=2) + "\n"
     atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))
     atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
+    print(f"run saved in {run_dir} (model.pt, metrics.json)", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

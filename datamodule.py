@@ -49,9 +49,8 @@ class TaskDataModule(L.LightningDataModule):
         """Split the global batch over processes and accumulation steps; refuse uneven splits."""
         assert self.train_set is not None and self.val_set is not None, "call setup() first"
         self.micro_batch_size = contract.micro_batch_size(
-            self.hparams.batch_size, world_size, accumulate, len(self.train_set)
+            self.hparams.batch_size, world_size, accumulate, len(self.train_set), len(self.val_set)
         )
-        contract.check_val_split(len(self.val_set), world_size)
         return self.micro_batch_size
 
     def train_dataloader(self) -> DataLoader:

@@ -72,9 +72,8 @@ def main() -> None:
     dataset = task.make_dataset(args.num_samples, seed=args.seed)
     train_set, val_set = task.split_dataset(dataset, seed=args.seed)
     micro_batch = contract.micro_batch_size(
-        args.batch_size, world_size, args.accumulate, len(train_set)
+        args.batch_size, world_size, args.accumulate, len(train_set), len(val_set)
     )
-    contract.check_val_split(len(val_set), world_size)
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0

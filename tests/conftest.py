@@ -178,6 +178,7 @@ def train_all(
         results = {r.name: job(r)() for r in RUNNERS}
     for name, result in results.items():
         (root / name / "console.txt").write_text(result.stdout)
+        (root / name / "console.err.txt").write_text(result.stderr)
 
 
 @pytest.fixture(scope="session")

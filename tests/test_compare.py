@@ -172,10 +172,23 @@ def test_steady_intervals_skip_warm_up_and_epoch_ends() -> None:
 def test_benchmark_interleaves_and_attributes(tmp_path: Path) -> None:
     runs = overhead.plan(["headline"], {"headline": 2}, quick=True, out=tmp_path)
     order = [r.runner for r in runs]
-    assert order[:5] == list(overhead.RUNNERS) and order[5:] == [*overhead.RUNNERS[1:], "raw"]
+    runners = list(overhead.HEADLINE_RUNNERS)
+    assert len(runners) == 9 and {"raw", "min-lightning", "lightning"} <= set(runners)
+    assert order == runners + runners[1:] + runners[:1]  # each repeat rotates the order
     site = "/venv/lib/python3.11/site-packages"
     stack = [f"{compare.ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
     assert overhead.area_of([*stack, f"{site}/torch/_tensor.py:backward"]) == "torch backward"
     setattr_frame = f"{site}/torch/nn/modules/module.py:__setattr__"
     assert overhead.area_of([*stack, setattr_frame]) == "lightning.pytorch"
     assert overhead.area_of([f"{compare.ROOT}/simple_train.py:main"]) == "runner code"
+
+
+def test_benchmark_ratios_carry_an_interval_and_a_verdict() -> None:
+    tight = overhead.spread([1.04, 1.05, 1.05, 1.06, 1.05, 1.05, 1.04])
+    assert tight["low"] <= tight["median"] == 1.05 <= tight["high"] <= 1.06
+    assert not overhead.too_wide(tight, quick=False)
+    assert overhead.target_line("full ÷ minimal", tight, 1.10).endswith(": met")
+    assert "MISSED" in overhead.target_line("x", overhead.spread([1.3, 1.31, 1.32, 1.3]), 1.10)
+    straddling = overhead.spread([1.0, 1.2, 1.05, 1.15, 1.1])
+    assert "undecided" in overhead.target_line("x", straddling, 1.10)
+    assert overhead.too_wide(overhead.spread([0.8, 1.0, 1.3]), quick=True)

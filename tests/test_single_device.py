@@ -67,11 +67,17 @@ def test_outputs_have_the_usual_file_mode(single_device_runs: dict[str, Path]) -
             assert mode == 0o666 & ~umask, (name, output, oct(mode))
 
 
-def test_console_prints_one_line_per_epoch(single_device_runs: dict[str, Path]) -> None:
+def test_console_outside_a_terminal_redraws_nothing(single_device_runs: dict[str, Path]) -> None:
+    """Output to a pipe, as in CI or `> log`: one line per epoch, counted from 1 in all four (the
+    Trainer included: its bar counts from 0), no bar redrawn with carriage returns, and the
+    line that says where the run was saved."""
     for name, run_dir in single_device_runs.items():
-        lines = (run_dir / "console.txt").read_text().splitlines()
-        epoch_lines = [line for line in lines if line.startswith("epoch ")]
+        out = (run_dir / "console.txt").read_text()
+        err = (run_dir / "console.err.txt").read_text()
+        assert "\r" not in out + err, name
+        epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
         assert [line.split()[1] for line in epoch_lines] == ["1", "2", "3", "4", "5"], name
+        assert f"run saved in {run_dir} (model.pt, metrics.json)" in out.splitlines(), name
 
 
 def test_model_learns(single_device_runs: dict[str, Path]) -> None:
