@@ -47,6 +47,9 @@ def check_report(out: Path, result: subprocess.CompletedProcess[str], runs: int)
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     assert len(report["runs"]) == runs
+    assert "| max \\|Δw\\| vs torch |" in markdown  # pipes in a header cell escaped: one table
+    table = result.stdout.split(compare.RULE)[0].splitlines()
+    assert table and all(len(line) <= 100 for line in table), table  # the console's table fits
     for run in report["runs"]:
         said = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
         assert run["metrics"] == said
@@ -56,7 +59,7 @@ def check_report(out: Path, result: subprocess.CompletedProcess[str], runs: int)
         rows = markdown.splitlines()
         line = next(row for row in rows if row.startswith(f"| {run['runner']} "))
         assert all(f"| {c}" in line for c in cells), (cells, line)
-        assert f"{last['train_loss']:.4f}" in result.stdout
+        assert f"{last['val_loss']:.4f}" in result.stdout
         steps = said["optimizer_steps"] // len(said["epochs"])
         assert run["steady_step_s"]["n"] == steps - 1  # epoch 2's intervals, none across epochs
         assert 0 < run["startup_s"] < run["total_s"]
