@@ -23,12 +23,25 @@ import torch
 from filelock import FileLock
 from torch.utils.data import RandomSampler
 
+import accelerate_train
+import contract
+import fabric_train
+import lightning_module
 import parity
+import simple_train
 import task
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TIMEOUT_S = 240
+# The runners' modules, imported once here, not inside a test: Lightning's log handlers keep the
+# stderr they find at import, and a test's captured stderr is closed when the test ends.
+SCRIPTS = {
+    "simple_train.py": simple_train,
+    "fabric_train.py": fabric_train,
+    "lightning_module.py": lightning_module,
+    "accelerate_train.py": accelerate_train,
+}
 
 
 def free_port() -> int:
@@ -56,6 +69,38 @@ def run(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def in_process(
+    command: Sequence[str], capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """`python <script> ...` run by calling the script's own `main()` in this process, as its
+    `__main__` does (`contract.run_main`): for the refusal matrices, where starting Python for
+    every case would be most of the suite's time. Each runner's refusal is also checked once as
+    a real subprocess (its exit status and stderr as a shell sees them)."""
+    assert command[0] == PYTHON and command[1] in SCRIPTS, command
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = list(command[1:])
+    os.chdir(ROOT)
+    try:
+        contract.run_main(SCRIPTS[command[1]].main)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        reset_accelerate()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(command), code, captured.out, captured.err)
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps its state in process-wide singletons: the next run starts afresh."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 @dataclass

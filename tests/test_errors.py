@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RUNNERS, run, run_env, without_cuda
+from conftest import RUNNERS, in_process, run, without_cuda
 
 BY_NAME = {runner.name: runner for runner in RUNNERS}
 COMMON = {  # the same mistakes, in each runner's own spelling
@@ -24,14 +24,14 @@ COMMON = {  # the same mistakes, in each runner's own spelling
 NEEDS_NO_GPU = [["--device", "cuda"], ["--accelerator", "cuda"], ["--trainer.accelerator", "gpu"]]
 
 
-def case(name: str, args: list[str], first: bool) -> object:
-    """The first mistake of each runner runs in the fast subset; the others are marked slow."""
-    marks = [] if first else [pytest.mark.slow]
-    marks += [without_cuda] if args in NEEDS_NO_GPU else []
+def case(name: str, args: list[str]) -> object:
+    marks = [without_cuda] if args in NEEDS_NO_GPU else []
     return pytest.param(name, args, marks=marks, id=f"{name}:{' '.join(args)}")
 
 
-CASES = [case(name, args, i == 0) for name, cases in COMMON.items() for i, args in enumerate(cases)]
+# Each runner's first mistake as a real process; every mistake through its main() in-process.
+FIRST = [case(name, cases[0]) for name, cases in COMMON.items()]
+CASES = [case(name, args) for name, cases in COMMON.items() for args in cases]
 
 
 def assert_refused(result, run_dir: Path) -> None:
@@ -42,41 +42,51 @@ def assert_refused(result, run_dir: Path) -> None:
     assert not (run_dir / "model.pt").exists()
 
 
-@pytest.mark.parametrize(("name", "args"), CASES)
+@pytest.mark.parametrize(("name", "args"), FIRST)
 def test_bad_input_is_refused_in_one_line(name: str, args: list[str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert_refused(run(BY_NAME[name].command(run_dir, 1, args)), run_dir)
     assert not run_dir.exists() or not any(run_dir.rglob("*.pt"))
 
 
-@pytest.mark.slow
-def test_a_bad_precision_from_accelerate_launch_is_refused(tmp_path: Path) -> None:
-    # What `accelerate launch --mixed_precision` or its config file hands the script.
+@pytest.mark.parametrize(("name", "args"), CASES)
+def test_every_mistake_is_refused_in_one_line(
+    name: str, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
-    command = BY_NAME["accelerate"].command(run_dir, 1)
-    assert_refused(run(command, run_env(ACCELERATE_MIXED_PRECISION="fp17")), run_dir)
+    assert_refused(in_process(BY_NAME[name].command(run_dir, 1, args), capsys), run_dir)
+    assert not run_dir.exists() or not any(run_dir.rglob("*.pt"))
 
 
-@pytest.mark.slow
-def test_a_malformed_config_file_is_refused(tmp_path: Path) -> None:
+def test_a_bad_precision_from_accelerate_launch_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `accelerate launch --mixed_precision` or its config file hands the script.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp17")
+    run_dir = tmp_path / "run"
+    assert_refused(in_process(BY_NAME["accelerate"].command(run_dir, 1), capsys), run_dir)
+
+
+def test_a_malformed_config_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("trainer: [unclosed\n")
     run_dir = tmp_path / "run"
-    assert_refused(
-        run(BY_NAME["lightning"].command(run_dir, 1, ["--config", str(config)])), run_dir
-    )
+    command = BY_NAME["lightning"].command(run_dir, 1, ["--config", str(config)])
+    assert_refused(in_process(command, capsys), run_dir)
 
 
-@pytest.mark.parametrize(
-    "name", ["torch", *(pytest.param(n, marks=pytest.mark.slow) for n in BY_NAME if n != "torch")]
-)
-def test_a_finished_run_is_never_overwritten(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_a_finished_run_is_never_overwritten(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     earlier = {"model.pt": b"earlier weights", "metrics.json": b'{"earlier": true}'}
     for file, content in earlier.items():
         (run_dir / file).write_bytes(content)
-    result = run(BY_NAME[name].command(run_dir, 1, []))
+    result = in_process(BY_NAME[name].command(run_dir, 1, []), capsys)
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == earlier

@@ -9,7 +9,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,14 @@ from conftest import (
     Runner,
     assert_equals_replay,
     free_port,
+    in_process,
     load_metrics,
     load_weights,
     run,
     run_env,
 )  # fmt: skip
 
-import accelerate_train
-import contract
-import fabric_train
-import lightning_module
 import parity
-import simple_train
-
-# The runners' modules, imported here, not inside a test: Lightning's log handlers keep the
-# stderr they find at import, and a test's captured stderr is closed when the test ends.
-MODULES = {"torch": simple_train, "fabric": fabric_train, "lightning": lightning_module,
-           "accelerate": accelerate_train}  # fmt: skip
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
 # after the checkpoint at step 56, the newest complete one: epoch 3, batch 6.
@@ -193,17 +183,8 @@ def resume_in_process(
     name: str, run_dir: Path, args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Run the runner's real `main()` as `python <script> ... <resume> <args>` would."""
-    command = BY_NAME[name].command(run_dir, 1, [*resume_args(name), *args])
-    module = MODULES[name]
-    argv, sys.argv = sys.argv, command[1:]
-    try:
-        contract.run_main(module.main)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
+    result = in_process(BY_NAME[name].command(run_dir, 1, [*resume_args(name), *args]), capsys)
+    return result.returncode, result.stderr
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -363,11 +344,12 @@ def test_a_resume_may_train_more_epochs(
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
-def test_resume_without_a_checkpoint_is_refused(name: str, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run(BY_NAME[name].command(run_dir, 1, resume_args(name)))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "no checkpoint to resume from" in result.stderr
+def test_resume_without_a_checkpoint_is_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = resume_in_process(name, tmp_path / "run", [], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "no checkpoint to resume from" in err
 
 
 def test_a_refused_resume_end_to_end(epoch_checkpoints: dict[str, Path], tmp_path: Path) -> None:
