@@ -436,6 +436,9 @@ def main() -> None:
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
         trainer_defaults={
             "max_epochs": task.EPOCHS,
+            # The console the other runners have: epoch lines, no parameter table (and one
+            # callback fewer to call on every step); --trainer.enable_model_summary true shows it.
+            "enable_model_summary": False,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": "runs", "name": "lightning"},

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from conftest import (
     PYTHON,
     ROOT,
     free_port,
+    in_parallel,
     load_weights,
     max_abs_diff,
     reference,
@@ -53,12 +56,18 @@ def two_processes(name: str) -> list[str]:
     return [PYTHON, *ONE_DEVICE[name], "--devices", "2"]
 
 
-def train_all(root: Path, command: dict[str, list[str]]) -> dict[str, Path]:
-    """Runs each script with --save; its weights and console output land under `root`."""
-    weights = {}
-    for name, cmd in command.items():
-        weights[name] = root / f"{name}.pt"
-        result = run([*cmd, "--save", str(weights[name])], run_env(MASTER_PORT=str(free_port())))
+def train_all(root: Path, command: dict[str, list[str]], processes: int) -> dict[str, Path]:
+    """Runs each script with --save; its weights and console output land under `root`.
+    One-process runs go two at a time; a two-process run fills both cores alone."""
+    weights = {name: root / f"{name}.pt" for name in command}
+
+    def job(name: str) -> Callable[[], subprocess.CompletedProcess[str]]:
+        cmd = [*command[name], "--save", str(weights[name])]
+        return lambda: run(cmd, run_env(MASTER_PORT=str(free_port())))
+
+    jobs = {name: job(name) for name in command}
+    results = in_parallel(jobs) if processes == 1 else {name: jobs[name]() for name in jobs}
+    for name, result in results.items():
         assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
         (root / f"{name}.txt").write_text(result.stdout)
     return weights
@@ -67,12 +76,13 @@ def train_all(root: Path, command: dict[str, list[str]]) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def one_device_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     commands = {name: [PYTHON, *args] for name, args in ONE_DEVICE.items()}
-    return train_all(tmp_path_factory.mktemp("minimal1"), commands)
+    return train_all(tmp_path_factory.mktemp("minimal1"), commands, processes=1)
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return train_all(tmp_path_factory.mktemp("minimal2"), {k: two_processes(k) for k in ONE_DEVICE})
+    commands = {name: two_processes(name) for name in ONE_DEVICE}
+    return train_all(tmp_path_factory.mktemp("minimal2"), commands, processes=2)
 
 
 def epoch_metrics(console: Path) -> list[dict[str, float]]:

@@ -26,6 +26,7 @@ from conftest import (
     load_weights,
     run,
     run_env,
+    shared_runs,
 )  # fmt: skip
 
 import parity
@@ -87,13 +88,15 @@ def epoch_numbers(stdout: str) -> list[int]:
     return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("epoch ")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def configured_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run with CONFIG: the four runners reach the same weights bit for bit
     on one device (test_single_device), so plain PyTorch's run is every runner's reference."""
-    run_dir = tmp_path_factory.mktemp("configured") / "run"
-    BY_NAME["torch"].train(run_dir, 1, options("torch", **CONFIG))
-    return run_dir
+
+    def make(root: Path) -> None:
+        BY_NAME["torch"].train(root / "run", 1, options("torch", **CONFIG))
+
+    return shared_runs(tmp_path_factory, "configured", make) / "run"
 
 
 @pytest.mark.slow
@@ -161,22 +164,25 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(
 SMALL = {"num_samples": "200", "epochs": "2", "lr": "0.002"}  # 5 steps an epoch
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def epoch_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each runner's checkpoint after two finished epochs (its outputs removed: unfinished)."""
-    root = tmp_path_factory.mktemp("epoch_checkpoints")
-    dirs = {runner.name: root / runner.name for runner in RUNNERS}
-    runs = [  # side by side: most of each is starting Python
-        subprocess.Popen(runner.command(dirs[runner.name], 1, options(runner.name, **SMALL)),
-                         cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL)
-        for runner in RUNNERS
-    ]  # fmt: skip
-    for proc in runs:
-        assert proc.wait(timeout=TIMEOUT_S) == 0
-    for run_dir in dirs.values():
-        for output in ("model.pt", "metrics.json"):
-            (run_dir / output).unlink()
-    return dirs
+    """Each runner's checkpoint after two finished epochs (its outputs removed: unfinished).
+    Made once for both workers; the tests copy a runner's folder before they change it."""
+
+    def make(root: Path) -> None:
+        runs = [  # side by side: most of each is starting Python
+            subprocess.Popen(runner.command(root / runner.name, 1, options(runner.name, **SMALL)),
+                             cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL)
+            for runner in RUNNERS
+        ]  # fmt: skip
+        for proc in runs:
+            assert proc.wait(timeout=TIMEOUT_S) == 0
+        for runner in RUNNERS:
+            for output in ("model.pt", "metrics.json"):
+                (root / runner.name / output).unlink()
+
+    root = shared_runs(tmp_path_factory, "epoch_checkpoints", make)
+    return {runner.name: root / runner.name for runner in RUNNERS}
 
 
 def resume_in_process(
