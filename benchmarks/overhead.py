@@ -1,18 +1,20 @@
-"""What each framework adds per optimizer step, and where that stops mattering.
+"""Per optimizer step: what each framework adds, what this project adds, where it stops mattering.
 
-    python benchmarks/overhead.py                 # everything: about 15 minutes on 2 cores
-    python benchmarks/overhead.py --quick         # fewer points and repeats: about 3 minutes
-    python benchmarks/overhead.py --sections headline profile
+    python benchmarks/overhead.py                 # everything: about 30 minutes on 2 cores
+    python benchmarks/overhead.py --sections headline --repeats 8   # the split: about 13 minutes
+    python benchmarks/overhead.py --quick         # fewer points and repeats
 
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
 for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
-process. Runs are interleaved: each repeat runs every configuration once, its runners in an order
+process. The headline's runs of one repeat are time-sliced on one CPU (see SLICE_S); the other
+sections' runs are interleaved: each repeat runs every configuration once, its runners in an order
 rotated from one repeat to the next, so that a slow minute on the machine hits all of them.
 
 Sections:
-  headline  the default task (width 32, 1000 samples, 5 epochs): the four runners and the
-            raw-tensor loop (benchmarks/raw_loop.py): steady-state time per step, ratios,
-            start-up (command start to the end of the first step), peak memory.
+  headline  width 32, 40000 samples, 2 epochs: each framework's minimal loop (minimal/) and its
+            full runner, and the raw-tensor loop (benchmarks/raw_loop.py). Splits the cost:
+            the framework (its minimal loop / minimal plain PyTorch) and this project (the full
+            runner / its framework's minimal loop), with bootstrap 95 % intervals.
   width     hidden width 32 .. 65536: where the framework's per-step cost stops mattering.
   samples   1k .. 100k samples: whole-command time, start-up included.
   ddp       plain PyTorch with 1 process, 1 process x 2 threads and 2 processes, per width:
@@ -890,11 +892,12 @@ def report(res: Results, args: Any, machine: dict, elapsed: float, out: Path) ->
         f"unless said; load average before {machine['load_average'][0]:.1f}, after "
         f"{machine['load_average_after'][0]:.1f}; {elapsed / 60:.1f} min.",
         "",
-        "µs/step: median over the steady-state steps of a run (first epoch excluded), then the "
-        "median over repeats (min–max in brackets). Ratios are paired: each repeat's run against "
-        "plain PyTorch's run of the same repeat. Each run waited for the machine to be quiet "
-        f"(other work under {QUIET:.0%} of the CPUs) for up to {args.max_wait:.0f} s; "
-        f"{busy_starts(res)} of {len(res.records)} runs started on a busier machine.",
+        "Outside the headline (whose method it states itself): µs/step is the median over the "
+        "steady-state steps of a run (first epoch excluded), then the median over repeats "
+        "(min–max in brackets); ratios are paired, each repeat's run against plain PyTorch's run "
+        "of the same repeat; each run waited for the machine to be quiet (other work under "
+        f"{QUIET:.0%} of the CPUs) for up to {args.max_wait:.0f} s; {busy_starts(res)} of "
+        f"{len(res.records)} runs started on a busier machine.",
     ]
     sections = set(args.sections)
     if "headline" in sections:
