@@ -406,12 +406,16 @@ def resume_line(path: Path, state: dict[str, Any]) -> str:
     )
 
 
+# Read once: the check runs every step, and an environment lookup costs more than a comparison.
+FAULT = os.environ.get("TASK_FAULT")
+
+
 def inject_fault(point: str, count: int) -> None:
     """Fault injection for the resume tests: TASK_FAULT=<point>:<count> kills rank 0 there.
 
     SIGKILL, as `kill -9` from outside would: no cleanup, no atexit, no flushed buffers.
     """
-    if os.environ.get("TASK_FAULT") == f"{point}:{count}" and rank() == 0:
+    if FAULT is not None and f"{point}:{count}" == FAULT and rank() == 0:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
