@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -441,11 +442,17 @@ def reap(pid: int, run: Run, timeout: float) -> bool:
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done == 0:
             return False
+    ended(run, status, usage)
+    return True
+
+
+def ended(run: Run, status: int, usage: resource.struct_rusage) -> None:
+    """What a reaped run's wait4 said: its exit status, time and peak memory."""
+    assert run.started is not None
     run.wall_s = time.perf_counter() - run.started
     run.exit_code = os.waitstatus_to_exitcode(status)
     # ru_maxrss of a reaped child covers its reaped descendants: the largest single process.
     run.max_rss_kib = usage.ru_maxrss
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
 for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
-process. The headline's runs of one repeat are time-sliced on one CPU (see SLICE_S); the other
+process. The headline times its runs two at a time, time-sliced on one CPU (see SLICE_S); the other
 sections' runs are interleaved: each repeat runs every configuration once, its runners in an order
 rotated from one repeat to the next, so that a slow minute on the machine hits all of them.
 
@@ -14,7 +14,8 @@ Sections:
   headline  width 32, 40000 samples, 2 epochs: each framework's minimal loop (minimal/) and its
             full runner, and the raw-tensor loop (benchmarks/raw_loop.py). Splits the cost:
             the framework (its minimal loop / minimal plain PyTorch) and this project (the full
-            runner / its framework's minimal loop), with bootstrap 95 % intervals.
+            runner / its framework's minimal loop), each ratio from a pair of runs timed
+            together, with bootstrap 95 % intervals over repeats.
   width     hidden width 32 .. 65536: where the framework's per-step cost stops mattering.
   samples   1k .. 100k samples: whole-command time, start-up included.
   ddp       plain PyTorch with 1 process, 1 process x 2 threads and 2 processes, per width:
@@ -26,6 +27,7 @@ Writes reports/benchmark-<timestamp>/ (or --out): results.md, results.json and P
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime
 import itertools
@@ -56,18 +58,30 @@ SECTIONS = ("headline", "width", "samples", "ddp", "profile")
 MINIMAL_OF = {"torch": "min-torch", "fabric": "min-fabric", "accelerate": "min-accelerate",
               "lightning": "min-lightning"}  # fmt: skip
 HEADLINE_RUNNERS = ("raw", *MINIMAL_OF.values(), *MINIMAL_OF)
+# Each headline ratio, (run, reference): the two runs of a pair are timed together (below).
+HEADLINE_PAIRS = (
+    ("min-torch", "raw"),
+    *((MINIMAL_OF[f], MINIMAL_OF["torch"]) for f in FRAMEWORKS),
+    *MINIMAL_OF.items(),
+)
 NAMES = {"torch": "plain PyTorch", "fabric": "Fabric", "accelerate": "Accelerate",
          "lightning": "Trainer"}  # fmt: skip
 # The headline task: the default model (width 32) and batch, with 40000 samples and 2 epochs, so
-# that the steady epoch (the second: the first is warm-up) times 999 steps, not the default
-# task's 24, spread over several time slices (below).
+# that the steady epoch (the second: the first is warm-up) has 1000 steps, not the default
+# task's 25, spread over many time slices (below).
 HEADLINE = {"samples": 40000, "epochs": 2}
-# The headline's runs of one repeat run at once, time-sliced on one CPU: each runs SLICE_S while
-# the others are stopped (SIGSTOP), in turn. This machine's speed drifts by up to 1.8x between
-# runs tens of seconds apart (another tenant's load, invisible from inside the VM), which made
-# sequential paired ratios range 0.5-1.5x; sliced, every runner is timed in the same seconds on
-# the same CPU, and only intervals between two steps of one slice count.
-SLICE_S = 0.2
+# The two runs of a headline pair run at once on one CPU. Each first trains alone up to the first
+# step of its second epoch and stops itself there (the step timer's COMPARE_PAUSE_AT); then they
+# take turns, SLICE_S each, the other one stopped (SIGSTOP), until both end. This machine's speed
+# changes by up to 1.9x from one 0.1 s to the next and holds for 0.3-1 s (measured: the same
+# loop's median step in 0.1 s windows, 550-1130 µs; another tenant's load, invisible from inside
+# the VM). A slice of the run is compared with the reference's slices just before and after it,
+# 0.05 s away: inside one state of the machine. Nine runs sliced 0.2 s each (a round of 1.8 s)
+# left their paired ratios ±30 % apart.
+SLICE_S = 0.05
+# The first step of a slice refills the caches the other process evicted: not counted.
+SKIP_PER_SLICE = 1
+MIN_CYCLES = 5  # a pair's ratio for one repeat needs at least this many compared slices
 PROJECT_TARGET = 1.10  # a full runner against its own framework's minimal loop
 PLAIN_VS_RAW_TARGET = 1.25  # minimal plain PyTorch (DataLoader) against the raw-tensor loop
 WIDE_TARGET = 1.1
@@ -105,6 +119,7 @@ class BenchRun(compare.Run):
     point: Point | None = None
     repeat: int = 0
     busy_before: float | None = None  # share of the CPUs busy with other work at its start
+    pair: str = ""  # headline: the pair it is timed in
     windows: list[tuple[float, float]] | None = None  # sliced: when it was allowed to run
 
 
@@ -160,17 +175,21 @@ PROFILE_SAMPLES = {False: 64000, True: 16000}
 
 def profile_window(point: Point) -> str:
     """Optimizer steps to sample between: inside the last epoch, clear of its ends."""
-    per_epoch = (point.samples - round(task.VAL_FRACTION * point.samples)) // 32
+    per_epoch = steps_per_epoch(point)
     margin = per_epoch // 16
     return f"{per_epoch * (point.epochs - 1) + margin}:{per_epoch * point.epochs - margin}"
 
 
 def plan(sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Path) -> list:
-    """Each repeat runs every configuration once; runners rotate their order per repeat."""
+    """Each repeat runs every configuration once; runners (headline: pairs) rotate their order
+    from one repeat to the next."""
     runs = []
     for repeat in range(max(repeats[s] for s in sections)):
         for section in sections:
             if repeat >= repeats[section]:
+                continue
+            if section == "headline":
+                runs += headline_runs(repeat, out)
                 continue
             by_config: dict[Point, list[Point]] = defaultdict(list)
             for p in points(section, quick):
@@ -181,8 +200,37 @@ def plan(sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Pat
     return runs
 
 
-def make_run(point: Point, repeat: int, out: Path) -> BenchRun:
-    where = f"{point.key}/r{repeat}/{point.runner}"
+def headline_runs(repeat: int, out: Path) -> list[BenchRun]:
+    """A repeat's pairs, in an order rotated from one repeat to the next."""
+    shift = repeat % len(HEADLINE_PAIRS)
+    return [
+        run
+        for subject, reference in HEADLINE_PAIRS[shift:] + HEADLINE_PAIRS[:shift]
+        for run in pair_runs(Point("headline", subject, **HEADLINE), reference, repeat, out)
+    ]
+
+
+def pair_runs(subject: Point, reference: str, repeat: int, out: Path) -> list[BenchRun]:
+    """The two runs of a pair, reference first, each pausing at the first step of its last
+    epoch (the barrier of execute_pair)."""
+    runs = []
+    for point in (subject.config(runner=reference), subject):
+        run = make_run(point, repeat, out, pair=pair_name(subject.runner, reference))
+        run.env["COMPARE_PAUSE_AT"] = str(steps_per_epoch(point) * (point.epochs - 1) + 1)
+        runs.append(run)
+    return runs
+
+
+def pair_name(subject: str, reference: str) -> str:
+    return f"{subject}-vs-{reference}"
+
+
+def steps_per_epoch(point: Point) -> int:
+    return (point.samples - round(task.VAL_FRACTION * point.samples)) // task.GLOBAL_BATCH_SIZE
+
+
+def make_run(point: Point, repeat: int, out: Path, pair: str = "") -> BenchRun:
+    where = f"{point.key}/r{repeat}/{pair + '/' if pair else ''}{point.runner}"
     env = {"COMPARE_PROFILE": profile_window(point)} if point.section == "profile" else {}
     return BenchRun(
         runner=point.runner,
@@ -196,18 +244,37 @@ def make_run(point: Point, repeat: int, out: Path) -> BenchRun:
         env=env,
         point=point,
         repeat=repeat,
+        pair=pair,
     )
 
 
-def execute_sliced(runs: Sequence[BenchRun], timeout: float) -> None:
-    """Start every run stopped, pinned to one CPU; let each run SLICE_S in turn until all end."""
-    cpu = min(os.sched_getaffinity(0))
-    active: dict[int, BenchRun] = {}
+def execute_pair(runs: Sequence[BenchRun], timeout: float) -> None:
+    """Start both runs on one CPU; once each has stopped itself at its second epoch (or ended),
+    let each run SLICE_S in turn, the other stopped, until both end."""
+    cpu, own = min(os.sched_getaffinity(0)), os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # the runs inherit it, their threads too
+    try:
+        active = {compare.launch(run).pid: run for run in runs}
+    finally:
+        os.sched_setaffinity(0, own)
     for run in runs:
-        pid = compare.launch(run).pid
-        os.killpg(pid, signal.SIGSTOP)
-        os.sched_setaffinity(pid, {cpu})  # its threads start later and inherit the CPU
-        active[pid], run.windows = run, []
+        run.windows = []
+    warming = set(active)
+    while warming:  # the warm-up: both train at once up to the barrier
+        time.sleep(0.01)
+        for pid in list(warming):
+            run = active[pid]
+            done, status, usage = os.wait4(pid, os.WNOHANG | os.WUNTRACED)
+            if done and os.WIFSTOPPED(status):
+                warming.discard(pid)
+            elif done:  # ended before the barrier: an error, or a run too short to pause
+                compare.ended(run, status, usage)
+                warming.discard(pid)
+                del active[pid]
+            elif time.perf_counter() - run.started > timeout:
+                compare.reap(pid, run, timeout)  # ends it
+                warming.discard(pid)
+                del active[pid]
     turn = 0
     while active:
         pid = list(active)[turn % len(active)]
@@ -216,25 +283,40 @@ def execute_sliced(runs: Sequence[BenchRun], timeout: float) -> None:
         time.sleep(SLICE_S)
         os.killpg(pid, signal.SIGSTOP)  # a process that has just ended is a zombie: no error
         active[pid].windows.append((start, time.perf_counter()))
-        if compare.reap(pid, active[pid], timeout * len(runs)):
+        if compare.reap(pid, active[pid], timeout):
             del active[pid]
         else:
             turn += 1
 
 
-def sliced_intervals(run: BenchRun) -> list[float]:
-    """Seconds between consecutive steps of the steady epochs that fell in one slice."""
+def slice_medians(run: BenchRun) -> list[tuple[float, float]]:
+    """(start, median step interval) of each slice after the barrier: intervals between two
+    steps of that slice only, its first one left out (SKIP_PER_SLICE)."""
     logs = [json.loads(p.read_text()) for p in (run.log_dir / "steps").glob("*.json")]
     times = next((log["step_times"] for log in logs if log["step_times"]), [])
-    per_epoch = len(times) // run.settings.epochs
-    steady = times[per_epoch:] if per_epoch else []
-    intervals, w = [], 0
-    for before, after in itertools.pairwise(steady):
-        while w < len(run.windows) and run.windows[w][1] < before:
-            w += 1
-        if w < len(run.windows) and run.windows[w][0] <= before and after <= run.windows[w][1]:
-            intervals.append(after - before)
-    return intervals
+    timed = times[int(run.env["COMPARE_PAUSE_AT"]) - 1 :]
+    slices = []
+    for start, stop in run.windows or []:
+        first, last = bisect.bisect_left(timed, start), bisect.bisect_right(timed, stop)
+        intervals = [b - a for a, b in itertools.pairwise(timed[first:last])][SKIP_PER_SLICE:]
+        if len(intervals) >= 3:
+            slices.append((start, statistics.median(intervals)))
+    return slices
+
+
+Slices = Sequence[Sequence[float]]  # (start, median step interval) per slice, by start
+
+
+def paired_ratio(run: Slices, reference: Slices) -> float | None:
+    """The median, over the run's slices, of its median step against the mean of the
+    reference's slices just before and just after it (a drift linear over 0.1 s cancels)."""
+    starts = [start for start, _ in reference]
+    ratios = []
+    for start, median in run:
+        i = bisect.bisect(starts, start)
+        if 0 < i < len(reference) and starts[i] - starts[i - 1] < 3 * SLICE_S:
+            ratios.append(median / ((reference[i - 1][1] + reference[i][1]) / 2))
+    return statistics.median(ratios) if len(ratios) >= MIN_CYCLES else None
 
 
 class Progress(compare.PlainProgress):
@@ -293,7 +375,7 @@ class Progress(compare.PlainProgress):
 # ---------------------------------------------------------------------------------------------
 def record(run: BenchRun) -> dict[str, Any]:
     """One run's figures, flat: what the tables and plots are made of."""
-    rec = dataclasses.asdict(run.point) | {"repeat": run.repeat, "ok": run.ok}
+    rec = dataclasses.asdict(run.point) | {"repeat": run.repeat, "ok": run.ok, "pair": run.pair}
     rec |= {"exit_code": run.exit_code, "total_s": run.wall_s, "log_dir": str(run.log_dir)}
     rec["busy_before"] = run.busy_before
     if run.max_rss_kib:
@@ -301,15 +383,10 @@ def record(run: BenchRun) -> dict[str, Any]:
     if run.metrics:
         rec["train_s"] = run.metrics["wall_clock_s"]
     if run.windows is not None:  # time-sliced: its own slices only; start-up is not comparable
-        intervals = sliced_intervals(run)
-        if intervals:
-            q = compare.quartiles(intervals)
+        if slices := slice_medians(run):
+            q = compare.quartiles([median for _, median in slices])
             rec |= {"step_us": q["median"] * 1e6, "step_p25_us": q["p25"] * 1e6}
-            rec |= {
-                "step_p75_us": q["p75"] * 1e6,
-                "steps_timed": q["n"],
-                "slices": len(run.windows),
-            }
+            rec |= {"step_p75_us": q["p75"] * 1e6, "slices": slices}
     elif run.steps:
         rec["startup_s"] = run.steps["startup_s"]
         rec["threads_seen"] = run.steps["threads"]
@@ -445,6 +522,20 @@ class Results:
         values = [r[field] for r in self.by_point.get(point, []) if field in r]
         return spread(values) if values else None
 
+    def paired(self, runner: str, reference: str) -> dict[str, float] | None:
+        """A headline pair's ratio (paired_ratio), one per repeat, and their spread."""
+        name, slices = pair_name(runner, reference), defaultdict(dict)
+        for rec in self.records:
+            if rec.get("pair") == name and rec["ok"] and rec.get("slices"):
+                slices[rec["repeat"]][rec["runner"]] = rec["slices"]
+        values = [
+            paired_ratio(by_runner[runner], by_runner[reference])
+            for by_runner in slices.values()
+            if len(by_runner) == 2
+        ]
+        values = [v for v in values if v is not None]
+        return spread(values) if values else None
+
     def ratio(self, point: Point, reference: Point, field: str = "step_us") -> dict | None:
         ref = {r["repeat"]: r[field] for r in self.by_point.get(reference, []) if field in r}
         values = [
@@ -491,7 +582,7 @@ def headline_section(res: Results, quick: bool) -> tuple[str, list[str]]:
     rows, verdicts, wide = [], [], []
     for runner, minimal in MINIMAL_OF.items():
         full, mini = base.config(runner=runner), base.config(runner=minimal)
-        framework, project = res.ratio(mini, plain_min), res.ratio(full, mini)
+        framework, project = res.paired(minimal, plain_min.runner), res.paired(runner, minimal)
         rows.append(
             [
                 NAMES[runner],
@@ -506,7 +597,7 @@ def headline_section(res: Results, quick: bool) -> tuple[str, list[str]]:
                                     PROJECT_TARGET))  # fmt: skip
         checked = [project] + ([framework] if runner != "torch" else [])
         wide += [r for r in checked if too_wide(r, quick)]
-    raw = res.ratio(plain_min, base.config(runner="raw"))
+    raw = res.paired(plain_min.runner, "raw")
     verdicts.insert(0, target_line("minimal plain PyTorch ÷ raw-tensor loop", raw,
                                    PLAIN_VS_RAW_TARGET))  # fmt: skip
     wide += [raw] if too_wide(raw, quick) else []
@@ -804,7 +895,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument(
-        "--repeats", type=contract.positive_int, help="headline repeats (default 5)"
+        "--repeats", type=contract.positive_int, help="headline repeats (default 6; quick 3)"
     )
     parser.add_argument("--sweep-repeats", type=contract.positive_int, help="other sections (2)")
     parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
@@ -823,20 +914,18 @@ def parse_args(argv: Sequence[str] | None) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    headline = args.repeats or (2 if args.quick else 5)
+    headline = args.repeats or (3 if args.quick else 6)
     sweep = args.sweep_repeats or (1 if args.quick else 2)
     repeats = {"headline": headline, "width": sweep, "samples": sweep, "ddp": sweep, "profile": 1}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(args.sections, repeats, args.quick, out)
     started, machine = time.perf_counter(), compare.machine()
-    sliced = [r for r in runs if r.point.section == "headline"]
-    for repeat in sorted({r.repeat for r in sliced}):
-        print(
-            f"headline repeat {repeat + 1}: {len(HEADLINE_RUNNERS)} runs, time-sliced",
-            file=sys.stderr,
-        )
-        execute_sliced([r for r in sliced if r.repeat == repeat], args.timeout)
+    paired = [r for r in runs if r.pair]
+    for first in range(0, len(paired), 2):
+        pair = paired[first : first + 2]
+        print(f"headline repeat {pair[0].repeat + 1}: {pair[0].pair}", file=sys.stderr)
+        execute_pair(pair, args.timeout)
     rest = [r for r in runs if r.point.section != "headline"]
     compare.execute(rest, timeout=args.timeout, display=Progress(rest, args.max_wait))
     for run in runs:
@@ -869,11 +958,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 HEADLINE_TEXT = (
     f"Width 32, global batch 32, {HEADLINE['samples']} samples, {HEADLINE['epochs']} epochs, one "
-    f"process, one thread; each repeat's nine runs time-sliced on one CPU ({SLICE_S} s each in "
-    "turn), so that all are timed in the same seconds. µs/step: the median of the steady epoch's "
-    "intervals that fell inside one slice, then the median over repeats. Ratios: the median over "
-    "repeats of the paired ratio (each repeat's run against the same repeat's run of the other), "
-    "with its bootstrap 95 % interval in brackets. "
+    "process, one thread. Each ratio comes from a pair of runs on one CPU: both train their first "
+    f"epoch, then take turns, {SLICE_S} s each, through the second. A slice's time per step (the "
+    "median interval between its steps) is divided by the mean of the other run's slices just "
+    "before and after it; a repeat's ratio is the median over its slices, and the table gives "
+    "the median over repeats with a bootstrap 95 % interval in brackets. µs/step: the median "
+    "slice, then the median over repeats. "
     "Minimal: the framework's loop in minimal/, nothing but the task. Full: the runner with its "
     "metrics, checkpoints (every epoch), resume and fault points, as a user runs it."
 )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -172,18 +175,77 @@ def test_steady_intervals_skip_warm_up_and_epoch_ends() -> None:
     assert compare.quartiles([4, 1, 3, 2, 5]) == {"median": 3, "p25": 2, "p75": 4, "n": 5}
 
 
-def test_benchmark_interleaves_and_attributes(tmp_path: Path) -> None:
+def test_benchmark_pairs_every_ratio_and_attributes(tmp_path: Path) -> None:
     runs = overhead.plan(["headline"], {"headline": 2}, quick=True, out=tmp_path)
-    order = [r.runner for r in runs]
-    runners = list(overhead.HEADLINE_RUNNERS)
-    assert len(runners) == 9 and {"raw", "min-lightning", "lightning"} <= set(runners)
-    assert order == runners + runners[1:] + runners[:1]  # each repeat rotates the order
+    pairs = [tuple(r.runner for r in runs[i : i + 2]) for i in range(0, len(runs), 2)]
+    wanted = [(reference, subject) for subject, reference in overhead.HEADLINE_PAIRS]
+    assert len(wanted) == 8 and {("raw", "min-torch"), ("min-fabric", "fabric")} <= set(wanted)
+    assert pairs == wanted + wanted[1:] + wanted[:1]  # reference first; each repeat rotates
+    for first, second in zip(runs[::2], runs[1::2], strict=True):
+        assert first.pair == second.pair == overhead.pair_name(second.runner, first.runner)
+        assert first.env["COMPARE_PAUSE_AT"] == second.env["COMPARE_PAUSE_AT"] == "1001"
+        assert first.log_dir != second.log_dir and first.repeat == second.repeat
     site = "/venv/lib/python3.11/site-packages"
     stack = [f"{compare.ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
     assert overhead.area_of([*stack, f"{site}/torch/_tensor.py:backward"]) == "torch backward"
     setattr_frame = f"{site}/torch/nn/modules/module.py:__setattr__"
     assert overhead.area_of([*stack, setattr_frame]) == "lightning.pytorch"
     assert overhead.area_of([f"{compare.ROOT}/simple_train.py:main"]) == "runner code"
+
+
+def test_a_paired_ratio_cancels_the_machine_drifting_under_it() -> None:
+    """Slices alternate every SLICE_S while the machine's speed swings 1.9x within a second:
+    a run 7 % slower than its reference reads as 1.07, not as the swing."""
+    slice_s = overhead.SLICE_S
+
+    def speed(t: float) -> float:  # seconds per step of the reference at time t
+        return 1e-3 * (1.45 + 0.45 * math.sin(2 * math.pi * t / 0.8))
+
+    starts = [i * slice_s for i in range(40)]
+    reference = [(t, speed(t)) for t in starts[::2]]
+    run = [(t, 1.07 * speed(t)) for t in starts[1::2]]
+    # The mean of the slices either side misses a curved drift by at most 2.4 % here (half its
+    # second derivative times SLICE_S squared), as often up as down: the median, within 1 %.
+    assert overhead.paired_ratio(run, reference) == pytest.approx(1.07, rel=0.01)
+    unpaired = statistics.median(m for _, m in run) / statistics.median(m for _, m in reference)
+    assert abs(unpaired - 1.07) > 0.02  # what comparing the runs' medians alone would give
+    # A slice with no reference slice close on both sides (the other run had ended, or the
+    # orchestrator lagged) is left out; too few compared slices give no ratio at all.
+    assert overhead.paired_ratio(run[-3:], reference) is None
+    gap = reference[:5] + reference[8:]  # 0.4 s between two reference slices: 4 run slices out
+    assert overhead.paired_ratio(run, gap) == pytest.approx(1.07, rel=0.01)
+    assert overhead.paired_ratio(run[:7], reference) is not None
+    assert overhead.paired_ratio(run[:7], gap) is None  # 4 of its 7 slices left: too few
+
+
+@pytest.mark.slow
+def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
+    """Two real runs on one CPU: after both reach the barrier, each takes steps only inside its
+    own time slices, the other stopped; both end well and give a paired ratio."""
+    point = overhead.Point("headline", "min-torch", samples=20000, epochs=2)  # 500 steps/epoch
+    reference, subject = runs = overhead.pair_runs(point, "raw", 0, tmp_path)
+    overhead.execute_pair(runs, timeout=240)
+    for run in runs:
+        compare.collect(run)
+        assert run.ok, (run.log_dir / "stderr.log").read_text()[-2000:]
+        times = next(
+            log["step_times"]
+            for log in map(json.loads, map(Path.read_text, (run.log_dir / "steps").glob("*.json")))
+            if log["step_times"]
+        )
+        assert len(times) == 1000
+        barrier = int(run.env["COMPARE_PAUSE_AT"])
+        # SIGSTOP takes effect within a scheduler tick: a step may land just past its slice.
+        late = 0.02
+        outside = [
+            t
+            for t in times[barrier:]
+            if not any(start <= t <= stop + late for start, stop in run.windows)
+        ]
+        assert outside == [], f"{run.runner}: {len(outside)} steps outside its slices"
+    slices = sorted(window for run in runs for window in run.windows)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(slices))  # one run at a time
+    assert overhead.paired_ratio(overhead.slice_medians(subject), overhead.slice_medians(reference))
 
 
 def test_benchmark_ratios_carry_an_interval_and_a_verdict() -> None:

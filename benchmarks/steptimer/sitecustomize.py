@@ -6,6 +6,9 @@ step hook, so that no runner has to be edited or re-launched differently, and wr
 the process's peak RSS and its torch thread count to COMPARE_STEP_LOG/<pid>.json when it exits.
 Its cost is one `perf_counter()` and one list append per step, the same for every runner.
 
+With COMPARE_PAUSE_AT=N the process stops itself (SIGSTOP) right after its N-th optimizer step:
+the benchmark's barrier, so that two runs start their timed steps together (overhead.py).
+
 With COMPARE_PROFILE=FIRST:LAST it also samples the main thread's Python stack every 1 ms of wall
 time between optimizer steps FIRST and LAST (a statistical profile of the steady state; time spent
 inside torch's C++ counts for the Python line that called it). Wall time (SIGALRM), because a
@@ -34,11 +37,14 @@ def _install(folder: str) -> None:
 
     steps: list[float] = []
     threads: list[int] = []
+    pause_at = int(os.environ.get("COMPARE_PAUSE_AT", "0"))
 
     def on_step(optimizer: object, args: object, kwargs: object) -> None:
         steps.append(time.perf_counter())  # CLOCK_MONOTONIC on Linux: comparable across processes
         if not threads:
             threads.append(torch.get_num_threads())
+        if len(steps) == pause_at:  # the benchmark's barrier: it sends SIGCONT when it is ready
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     register_optimizer_step_post_hook(on_step)
     profile = _profiler(os.environ.get("COMPARE_PROFILE"), steps)
