@@ -1,8 +1,8 @@
 """Per optimizer step: what each framework adds, what this project adds, where it stops mattering.
 
-    python benchmarks/overhead.py                 # everything: about 30 minutes on 2 cores
-    python benchmarks/overhead.py --sections headline --repeats 8   # the split: about 13 minutes
-    python benchmarks/overhead.py --quick         # fewer points and repeats
+    python benchmarks/overhead.py                 # everything: about 40 minutes on 2 cores
+    python benchmarks/overhead.py --sections headline   # the split, 6 repeats: about 17 minutes
+    python benchmarks/overhead.py --quick         # fewer points and repeats (headline: 3, 8 min)
 
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
 for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
@@ -744,32 +744,37 @@ COLORS = {
 
 
 def plot_headline(res: Results, path: Path) -> None:
-    """Time per step of each minimal loop and full runner, side by side per framework."""
+    """The headline's paired ratios with their intervals: what each framework adds (its minimal
+    loop against minimal plain PyTorch, and plain against raw tensors), what this project adds
+    (each full runner against its framework's minimal loop), each against its target."""
     import matplotlib.pyplot as plt
 
-    base = Point("headline", "torch", **HEADLINE)
-    bars = [("raw-tensor loop", "raw", "raw")]
-    for runner, minimal in MINIMAL_OF.items():
-        bars += [
-            (f"{NAMES[runner]}, minimal", minimal, runner),
-            (f"{NAMES[runner]}, full", runner, runner),
-        ]
-    stats = [(label, res.stat(base.config(runner=r), "step_us"), c) for label, r, c in bars]
-    stats = [(label, st, c) for label, st, c in stats if st]
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(stats) + 1.2))
-    for i, (label, st, color) in enumerate(stats):
-        err = [[st["median"] - st["min"]], [st["max"] - st["median"]]]
-        hatch = "//" if label.endswith("minimal") else None
-        ax.barh(i, st["median"], xerr=err, color=COLORS[color], hatch=hatch, capsize=3,
-                edgecolor="white")  # fmt: skip
-        ax.text(st["max"] * 1.02, i, f"{st['median']:.0f} µs", va="center", fontsize=8)
-    ax.set_yticks(range(len(stats)), [label for label, _, _ in stats], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(st["max"] for _, st, _ in stats) * 1.25)
-    ax.set(
-        xlabel="µs per optimizer step (median over repeats; whiskers: min–max over repeats)",
-        title="Time per step: each framework's minimal loop and its full runner",
-    )
+    plain = MINIMAL_OF["torch"]
+    panels = [
+        ("What the framework adds: minimal loop ÷ minimal plain PyTorch",
+         [("plain PyTorch ÷ raw tensors", res.paired(plain, "raw"), "torch", PLAIN_VS_RAW_TARGET)]
+         + [(NAMES[f], res.paired(MINIMAL_OF[f], plain), f, None) for f in FRAMEWORKS]),
+        ("What this project adds: full runner ÷ its minimal loop",
+         [(NAMES[r], res.paired(r, m), r, PROJECT_TARGET) for r, m in MINIMAL_OF.items()]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, (title, bars) in zip(axes, panels, strict=True):
+        bars = [(label, st, c, t) for label, st, c, t in bars if st]
+        for i, (_, st, color, target) in enumerate(bars):
+            err = [[st["median"] - st["low"]], [st["high"] - st["median"]]]
+            ax.barh(i, st["median"], xerr=err, color=COLORS[color], capsize=3)
+            ax.text(max(st["high"], target or 0) + 0.03, i, f"{st['median']:.2f}", va="center",
+                    fontsize=8)  # fmt: skip
+            if target:
+                ax.plot([target] * 2, [i - 0.45, i + 0.45], "k:", lw=1.2)
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(bars)), [label for label, *_ in bars], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max([2.2] + [st["high"] * 1.15 for _, st, *_ in bars]))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("ratio of time per step", fontsize=8)
+    fig.suptitle("Paired ratios: bar, the median over repeats; whiskers, its bootstrap 95 % "
+                 "interval; dotted, the target", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -962,8 +967,10 @@ HEADLINE_TEXT = (
     f"epoch, then take turns, {SLICE_S} s each, through the second. A slice's time per step (the "
     "median interval between its steps) is divided by the mean of the other run's slices just "
     "before and after it; a repeat's ratio is the median over its slices, and the table gives "
-    "the median over repeats with a bootstrap 95 % interval in brackets. µs/step: the median "
-    "slice, then the median over repeats. "
+    "the median over repeats with a bootstrap 95 % interval in brackets. µs/step, for scale only: "
+    "the median slice, then the median over repeats of each run's own slices, unpaired, so it "
+    "swings with the machine (a full runner can read faster than its minimal loop); the ratios "
+    "are what compare. "
     "Minimal: the framework's loop in minimal/, nothing but the task. Full: the runner with its "
     "metrics, checkpoints (every epoch), resume and fault points, as a user runs it."
 )
@@ -995,7 +1002,7 @@ def report(res: Results, args: Any, machine: dict, elapsed: float, out: Path) ->
         plot_headline(res, out / "headline.png")
         text += ["", "## What each framework costs, and what this project adds", "", HEADLINE_TEXT]
         text += ["", body, "", *[f"- {v}" for v in verdicts]]
-        text += ["", "![time per step](headline.png)"]
+        text += ["", "![the paired ratios and their intervals](headline.png)"]
     if "width" in sections:
         body, verdicts = width_section(res)
         plot_width(res, out / "width.png")

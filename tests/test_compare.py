@@ -248,6 +248,29 @@ def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
     assert overhead.paired_ratio(overhead.slice_medians(subject), overhead.slice_medians(reference))
 
 
+def test_the_headline_report_states_each_split_ratio(tmp_path: Path) -> None:
+    """Records as the pairs leave them, each pair's runs 3 % apart: the table, the verdicts and
+    the plot all carry the paired ratios."""
+    records = []
+    for repeat in range(3):
+        for subject, reference in overhead.HEADLINE_PAIRS:
+            for runner, factor in ((reference, 1.0), (subject, 1.03)):
+                starts = [i * overhead.SLICE_S for i in range(int(runner == subject), 40, 2)]
+                point = overhead.Point("headline", runner, **overhead.HEADLINE)
+                records.append(
+                    dataclasses.asdict(point)
+                    | {"repeat": repeat, "ok": True, "pair": overhead.pair_name(subject, reference)}
+                    | {"slices": [(t, factor * (1e-3 + repeat * 1e-4)) for t in starts]}
+                    | {"step_us": 1000 * factor, "peak_rss_mib": 300.0}
+                )
+    res = overhead.Results(records)
+    body, verdicts = overhead.headline_section(res, quick=True)
+    assert body.count("1.03 [1.03–1.03]") == 7  # three framework ratios, four project ratios
+    assert sum(line.endswith(": met") for line in verdicts) == 5 and "0 of the 8" in verdicts[-1]
+    overhead.plot_headline(res, tmp_path / "headline.png")
+    assert (tmp_path / "headline.png").read_bytes().startswith(PNG)
+
+
 def test_benchmark_ratios_carry_an_interval_and_a_verdict() -> None:
     tight = overhead.spread([1.04, 1.05, 1.05, 1.06, 1.05, 1.05, 1.04])
     assert tight["low"] <= tight["median"] == 1.05 <= tight["high"] <= 1.06
