@@ -28,6 +28,7 @@ Writes reports/benchmark-<timestamp>/ (or --out): results.md, results.json and P
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -57,7 +58,6 @@ SECTIONS = ("headline", "width", "samples", "ddp", "profile")
 # runner's cost into what its framework adds and what this project adds.
 MINIMAL_OF = {"torch": "min-torch", "fabric": "min-fabric", "accelerate": "min-accelerate",
               "lightning": "min-lightning"}  # fmt: skip
-HEADLINE_RUNNERS = ("raw", *MINIMAL_OF.values(), *MINIMAL_OF)
 # Each headline ratio, (run, reference): the two runs of a pair are timed together (below).
 HEADLINE_PAIRS = (
     ("min-torch", "raw"),
@@ -147,8 +147,6 @@ def cpu_busy(seconds: float = 0.5) -> float:
 # Plan
 # ---------------------------------------------------------------------------------------------
 def points(section: str, quick: bool) -> list[Point]:
-    if section == "headline":
-        return [Point(section, r, **HEADLINE) for r in HEADLINE_RUNNERS]
     if section == "width":
         widths = (32, 16384) if quick else (32, 512, 4096, 16384, 65536)
         return [Point(section, r, width=w, epochs=3) for w in widths for r in RUNNERS]
@@ -257,7 +255,19 @@ def execute_pair(runs: Sequence[BenchRun], timeout: float) -> None:
         active = {compare.launch(run).pid: run for run in runs}
     finally:
         os.sched_setaffinity(0, own)
-    for run in runs:
+    try:
+        time_by_turns(active, timeout)
+    except BaseException:  # an interrupted benchmark leaves no stopped process behind
+        for pid in active:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        raise
+
+
+def time_by_turns(active: dict[int, BenchRun], timeout: float) -> None:
+    """Wait until both runs are stopped at the barrier (or ended), then alternate them; `active`
+    keeps the runs not yet ended."""
+    for run in active.values():
         run.windows = []
     warming = set(active)
     while warming:  # the warm-up: both train at once up to the barrier
