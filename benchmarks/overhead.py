@@ -11,7 +11,7 @@ sections' runs are interleaved: each repeat runs every configuration once, its r
 rotated from one repeat to the next, so that a slow minute on the machine hits all of them.
 
 Sections:
-  headline  width 32, 40000 samples, 2 epochs: each framework's minimal loop (minimal/) and its
+  headline  width 32, 40000 samples, 4 epochs: each framework's minimal loop (minimal/) and its
             full runner, and the raw-tensor loop (benchmarks/raw_loop.py). Splits the cost:
             the framework (its minimal loop / minimal plain PyTorch) and this project (the full
             runner / its framework's minimal loop), each ratio from a pair of runs timed
@@ -66,10 +66,12 @@ HEADLINE_PAIRS = (
 )
 NAMES = {"torch": "plain PyTorch", "fabric": "Fabric", "accelerate": "Accelerate",
          "lightning": "Trainer"}  # fmt: skip
-# The headline task: the default model (width 32) and batch, with 40000 samples and 2 epochs, so
-# that the steady epoch (the second: the first is warm-up) has 1000 steps, not the default
-# task's 25, spread over many time slices (below).
-HEADLINE = {"samples": 40000, "epochs": 2}
+# The headline task: the default model (width 32) and batch, with 40000 samples and 4 epochs:
+# 1000 steps of warm-up (the first epoch), then 3000 timed steps, not the default task's 125,
+# spread over many time slices (below). The fastest loop (raw, 365 µs/step here) fills 20 of its
+# slices; on a CPU twice as fast, 10: still twice MIN_CYCLES. One timed epoch of 1000 steps
+# filled 7 here, 3 on a faster CPU, and the pair gave no ratio.
+HEADLINE = {"samples": 40000, "epochs": 4}
 # The two runs of a headline pair run at once on one CPU. Each first trains alone up to the first
 # step of its second epoch and stops itself there (the step timer's COMPARE_PAUSE_AT); then they
 # take turns, SLICE_S each, the other one stopped (SIGSTOP), until both end. This machine's speed
@@ -209,12 +211,12 @@ def headline_runs(repeat: int, out: Path) -> list[BenchRun]:
 
 
 def pair_runs(subject: Point, reference: str, repeat: int, out: Path) -> list[BenchRun]:
-    """The two runs of a pair, reference first, each pausing at the first step of its last
+    """The two runs of a pair, reference first, each pausing at the first step of its second
     epoch (the barrier of execute_pair)."""
     runs = []
     for point in (subject.config(runner=reference), subject):
         run = make_run(point, repeat, out, pair=pair_name(subject.runner, reference))
-        run.env["COMPARE_PAUSE_AT"] = str(steps_per_epoch(point) * (point.epochs - 1) + 1)
+        run.env["COMPARE_PAUSE_AT"] = str(steps_per_epoch(point) + 1)
         runs.append(run)
     return runs
 
@@ -288,8 +290,9 @@ def time_by_turns(active: dict[int, BenchRun], timeout: float) -> None:
     turn = 0
     while active:
         pid = list(active)[turn % len(active)]
-        os.killpg(pid, signal.SIGCONT)
+        # The time before the signal: a woken run may preempt us on its CPU and step at once.
         start = time.perf_counter()
+        os.killpg(pid, signal.SIGCONT)
         time.sleep(SLICE_S)
         os.killpg(pid, signal.SIGSTOP)  # a process that has just ended is a zombie: no error
         active[pid].windows.append((start, time.perf_counter()))
@@ -543,8 +546,9 @@ class Results:
             for by_runner in slices.values()
             if len(by_runner) == 2
         ]
-        values = [v for v in values if v is not None]
-        return spread(values) if values else None
+        ratios = [v for v in values if v is not None]
+        # A repeat whose runs shared too few slices is left out, and the report says so.
+        return spread(ratios) | {"left_out": len(values) - len(ratios)} if ratios else None
 
     def ratio(self, point: Point, reference: Point, field: str = "step_us") -> dict | None:
         ref = {r["repeat"]: r[field] for r in self.by_point.get(reference, []) if field in r}
@@ -610,6 +614,9 @@ def headline_section(res: Results, quick: bool) -> tuple[str, list[str]]:
     raw = res.paired(plain_min.runner, "raw")
     verdicts.insert(0, target_line("minimal plain PyTorch ÷ raw-tensor loop", raw,
                                    PLAIN_VS_RAW_TARGET))  # fmt: skip
+    left_out = {pair_name(*p): r["left_out"] for p in HEADLINE_PAIRS if (r := res.paired(*p))}
+    if short := [f"{n} of {name}" for name, n in left_out.items() if n]:
+        verdicts.append(f"repeats left out, under {MIN_CYCLES} slices paired: " + ", ".join(short))
     wide += [raw] if too_wide(raw, quick) else []
     limit = INTERVAL_LIMIT[quick]
     verdicts.append(
@@ -974,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 HEADLINE_TEXT = (
     f"Width 32, global batch 32, {HEADLINE['samples']} samples, {HEADLINE['epochs']} epochs, one "
     "process, one thread. Each ratio comes from a pair of runs on one CPU: both train their first "
-    f"epoch, then take turns, {SLICE_S} s each, through the second. A slice's time per step (the "
+    f"epoch, then take turns, {SLICE_S} s each, through the rest. A slice's time per step (the "
     "median interval between its steps) is divided by the mean of the other run's slices just "
     "before and after it; a repeat's ratio is the median over its slices, and the table gives "
     "the median over repeats with a bootstrap 95 % interval in brackets. µs/step, for scale only: "
