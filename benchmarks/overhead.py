@@ -1,7 +1,7 @@
 """Per optimizer step: what each framework adds, what this project adds, where it stops mattering.
 
     python benchmarks/overhead.py                 # everything: about 40 minutes on 2 cores
-    python benchmarks/overhead.py --sections headline   # the split, 6 repeats: about 17 minutes
+    python benchmarks/overhead.py --sections headline   # the split, 6 repeats: about 10 minutes
     python benchmarks/overhead.py --quick         # fewer points and repeats (headline: 3, 8 min)
 
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
