@@ -1,8 +1,8 @@
 """Per optimizer step: what each framework adds, what this project adds, where it stops mattering.
 
-    python benchmarks/overhead.py                 # everything: about 40 minutes on 2 cores
+    python benchmarks/overhead.py                 # everything: about 20 minutes on 2 cores
     python benchmarks/overhead.py --sections headline   # the split, 6 repeats: about 10 minutes
-    python benchmarks/overhead.py --quick         # fewer points and repeats (headline: 3, 8 min)
+    python benchmarks/overhead.py --quick         # fewer points and repeats (headline: 3, 5 min)
 
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
 for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
