@@ -70,7 +70,7 @@ NAMES = {"torch": "plain PyTorch", "fabric": "Fabric", "accelerate": "Accelerate
 # 1000 steps of warm-up (the first epoch), then 3000 timed steps, not the default task's 125,
 # spread over many time slices (below). The fastest loop (raw, 365 µs/step here) fills 20 of its
 # slices; on a CPU twice as fast, 10: still twice MIN_CYCLES. One timed epoch of 1000 steps
-# filled 7 here, 3 on a faster CPU, and the pair gave no ratio.
+# filled 7 here, and would fill 3-4 on a CPU twice as fast: too few for a ratio.
 HEADLINE = {"samples": 40000, "epochs": 4}
 # The two runs of a headline pair run at once on one CPU. Each first trains alone up to the first
 # step of its second epoch and stops itself there (the step timer's COMPARE_PAUSE_AT); then they
