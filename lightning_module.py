@@ -3,6 +3,10 @@
 python lightning_module.py fit                                   # defaults: 1 device
 python lightning_module.py fit --config configs/lightning/ddp.yaml
 python lightning_module.py fit --print_config                    # every option, as YAML
+python lightning_module.py validate --ckpt_path runs/lightning/version_0/checkpoints/last.ckpt
+
+The task has a training and a validation split and nothing else, so `fit` and `validate` are the
+subcommands offered (`test` and `predict` would have no data to run on).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
@@ -40,6 +45,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+# `validate` restores ModelCheckpoint's state under another log folder; nothing is saved there.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # The CSV loggers warn about a run directory that already holds files: here, our checkpoints; on
 # a resume the logged history is replayed (Fabric) and metrics.json stays complete.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
@@ -104,6 +111,12 @@ class MLPClassifier(L.LightningModule):
         logits = self.model(x)
         self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
         self.val_acc.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        # `validate` alone reports here, through the Trainer's logger and results table; in `fit`
+        # the validation metrics join the epoch's line in on_train_epoch_end instead.
+        if self.trainer.state.fn == TrainerFn.VALIDATING:
+            self.log_dict({"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute()})
 
     def epoch_metrics(self) -> dict[str, float]:
         """This epoch's metrics, synced over all processes; resets them for the next epoch."""
@@ -185,6 +198,8 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}")
 
 
+# The subcommands offered, each reading the task's data: fit trains, validate reports.
+READS = ("fit", "validate")
 # The run's configuration (contract.settle_config's keys) as LightningCLI options.
 CLI_OPTIONS = {
     "seed": "seed_everything",
@@ -305,23 +320,29 @@ class TaskCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.seed")
         parser.link_arguments("data.num_features", "model.num_features")
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """`fit` and `validate`: the task has no test or prediction data to give the others."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in READS}
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """On resume (--ckpt_path), the checkpoint's configuration becomes the defaults, so that
-        options left out continue the run as configured and a contradicting one is refused."""
+        """With --ckpt_path, the checkpoint's configuration becomes the defaults, so that options
+        left out continue (or validate) the run as configured and a contradicting one is refused."""
         super().parse_arguments(parser, args)
-        if self.config.get("subcommand") != "fit" or self.config.fit.ckpt_path is None:
+        subcommand = self.config.get("subcommand")
+        if subcommand not in READS or self.config[subcommand].ckpt_path is None:
             return
-        path = checkpoint_file(self.config.fit)
+        path = checkpoint_file(self.config[subcommand], subcommand)
         checkpoint = contract.load_checkpoint(path)  # tensors and plain values, explicitly
         recorded = checkpoint.get("run_config", {})
-        self._subcommand_parsers["fit"].set_defaults(
+        self._subcommand_parsers[subcommand].set_defaults(
             {option: recorded[key] for key, option in CLI_OPTIONS.items() if key in recorded}
         )
         super().parse_arguments(parser, args)
-        fit = self.config.fit
-        fit.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
+        config = self.config[subcommand]
+        config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
         self._recorded = recorded
-        given = {key: fit[option] for key, option in CLI_OPTIONS.items()}
+        given = {key: config[option] for key, option in CLI_OPTIONS.items()}
         contract.settle_config(
             [
                 contract.Setting(
@@ -334,9 +355,10 @@ class TaskCLI(LightningCLI):
             ],
             recorded,
         )
-        started = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-        reached = checkpoint["epoch"] + (started["processed"] > 0)
-        contract.check_epochs_left(fit.trainer.max_epochs, reached, "--trainer.max_epochs")
+        if subcommand == "fit":
+            started = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+            reached = checkpoint["epoch"] + (started["processed"] > 0)
+            contract.check_epochs_left(config.trainer.max_epochs, reached, "--trainer.max_epochs")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The contract's console: a progress bar on a terminal only (the other runners' rule),
@@ -384,12 +406,7 @@ class TaskCLI(LightningCLI):
     def before_fit(self) -> None:
         fit, trainer = self.config_init.fit, self.trainer
         contract.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
-        if fit.weights_only is False:
-            raise contract.UsageError(
-                "--weights_only false is not offered: checkpoints are read as tensors and plain "
-                "values only"
-            )
-        fit.weights_only = True  # the Trainer's own read, explicitly (checked in parse_arguments)
+        read_weights_only(fit)
         self.run_config = self.trainer_run_config()
         if fit.ckpt_path is not None:
             processes = "--trainer.devices x --trainer.num_nodes"
@@ -400,6 +417,15 @@ class TaskCLI(LightningCLI):
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self.checkpoint = self._get(self.config_init, "checkpoint")
         self.checkpoint.record_run(self.run_config)
+
+    def before_validate(self) -> None:
+        log_dir = Path(self.trainer.log_dir)
+        if log_dir.is_dir() and any(log_dir.iterdir()):  # the CSV logger would replace its files
+            raise contract.UsageError(
+                f"{log_dir} holds files already (a training run's?); validate logs into a new "
+                "folder: leave --trainer.logger.init_args.version out"
+            )
+        read_weights_only(self.config_init.validate)
 
     def trainer_run_config(self) -> dict[str, Any]:
         """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
@@ -441,8 +467,23 @@ class OneLineErrorParser(LightningArgumentParser):
         contract.fail(" ".join(message.split()) + " (see --help)")
 
 
-def checkpoint_file(fit: Any) -> Path:
+def read_weights_only(config: Any) -> None:
+    """The Trainer's own read of the checkpoint (checked on parsing), explicitly weights-only."""
+    if config.weights_only is False:
+        raise contract.UsageError(
+            "--weights_only false is not offered: checkpoints are read as tensors and plain "
+            "values only"
+        )
+    config.weights_only = True
+
+
+def checkpoint_file(fit: Any, subcommand: str = "fit") -> Path:
     """The one file that --ckpt_path names: `last` is this run's checkpoints/last.ckpt exactly."""
+    if fit.ckpt_path == "last" and subcommand != "fit":
+        raise contract.UsageError(
+            f"{subcommand} reads a checkpoint by its path: --ckpt_path "
+            "runs/lightning/version_N/checkpoints/last.ckpt"
+        )
     if fit.ckpt_path != "last":
         if fit.ckpt_path in ("best", "hpc") or str(fit.ckpt_path).startswith("registry"):
             raise contract.UsageError(
