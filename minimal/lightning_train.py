@@ -6,6 +6,8 @@ The loop is the Trainer's own; the LightningModule says what each of its steps d
 """
 
 import argparse
+import logging
+import warnings
 
 import lightning as L
 import torch
@@ -13,6 +15,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import task
+
+# Lightning's start-up lines (devices found, a "Tip") and a deprecation warning raised inside
+# Lightning 2.6 by torch 2.13: noise for this run, as the full Trainer runner keeps it away.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def main() -> None:

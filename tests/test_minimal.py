@@ -39,7 +39,9 @@ ONE_DEVICE = {
 ALIGNED = ("fabric_train.py", "accelerate_train.py")  # line for line with simple_train.py
 MAX_LINES, MAX_CHANGED = 100, 40
 # The project's own modules that a minimal script may import: the task, nothing of the runners.
-ALLOWED_IMPORTS = {"argparse", "os", "torch", "lightning", "accelerate", "task"}
+ALLOWED_IMPORTS = {"argparse", "logging", "os", "warnings", "torch", "lightning", "accelerate",
+                   "task"}  # fmt: skip
+QUIET = {"", "Seed set to 42"}  # what Fabric's and Lightning's seed_everything log
 PRINTED_RESOLUTION = 1e-4  # the epoch lines' 4 decimals
 
 
@@ -70,6 +72,7 @@ def train_all(root: Path, command: dict[str, list[str]], processes: int) -> dict
     for name, result in results.items():
         assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
         (root / f"{name}.txt").write_text(result.stdout)
+        (root / f"{name}.err.txt").write_text(result.stderr)
     return weights
 
 
@@ -104,6 +107,11 @@ def test_one_device_writes_the_full_plain_runners_weights_bitwise(
         assert list(weights) == list(reference), f"{name}: keys {list(weights)}"
         assert all(torch.equal(weights[k], reference[k]) for k in reference), name
         assert len(epoch_metrics(path.with_suffix(".txt"))) == 5, name
+        # The console is the epoch lines: no framework tips, device banners or warnings.
+        console = path.with_suffix(".txt").read_text() + path.with_suffix(".err.txt").read_text()
+        lines = console.splitlines()
+        noise = [line for line in lines if line not in QUIET and not line.startswith("epoch ")]
+        assert not noise, f"{name}: {noise}"
 
 
 @pytest.mark.slow
@@ -172,3 +180,16 @@ def test_the_page_names_every_concept_for_every_framework() -> None:
         tagged[key] |= set(re.findall(r'<span class="tag">([^<]+)</span>', cell))
     for key in columns:
         assert tagged[key] == names, f"{key} lacks {names - tagged[key]}"
+
+
+def test_the_column_headers_count_only_what_means_something() -> None:
+    """Line-aligned columns say how many lines a diff against plain changes; the Trainer's loop
+    is its own, so its header gives no such count (it once read "86 lines, 87 changed")."""
+    page = (ROOT / "docs" / "side_by_side.html").read_text(encoding="utf-8")
+    meta = r'class="meta">(\d+) lines(?:, (\d+) as in plain)?(?:, (\d+) changed)?<'
+    metas = re.findall(meta, page)
+    assert len(metas) >= 4, metas
+    for lines, _, changed in metas:  # a count of changed lines beyond the lines makes no sense
+        assert not changed or int(changed) < int(lines), (lines, changed)
+    trainer = page.split("minimal/lightning_train.py</code>")[1].split("</th>")[0]
+    assert "changed" not in trainer and "as in plain" in trainer, trainer
