@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import pickle
@@ -64,6 +65,8 @@ def split_problem(
             f"{accumulate} accumulation step(s)"
         )
     for count, name in ((num_train, "training"), (num_val, "validation")):
+        if count == 0:
+            return f"no {name} samples: give more samples, or another validation fraction"
         if count % world_size:
             return f"{count} {name} samples cannot be shared evenly by {world_size} processes"
     return ""
@@ -77,7 +80,8 @@ def working_splits(
     split = world_size * accumulate
     fitting_batch = -(-batch // split) * split
     samples = num_train + num_val
-    while any(n % world_size for n in split_sizes(samples)):
+    fraction = num_val / samples
+    while any(n % world_size for n in split_sizes(samples, fraction)):
         samples += 1
     fitting = [
         n
@@ -96,9 +100,9 @@ def working_splits(
     return f"{instead}; the current settings fit {counts} process(es)"
 
 
-def split_sizes(num_samples: int) -> tuple[int, int]:
+def split_sizes(num_samples: int, val_fraction: float = task.VAL_FRACTION) -> tuple[int, int]:
     """Training and validation samples, as task.split_dataset splits them."""
-    num_val = round(task.VAL_FRACTION * num_samples)
+    num_val = round(val_fraction * num_samples)
     return num_samples - num_val, num_val
 
 
@@ -322,9 +326,11 @@ def read_json(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The run's configuration: recorded in every checkpoint and in metrics.json
 # ---------------------------------------------------------------------------------------------
-# On resume, these may differ from the checkpoint: train on to more epochs. Everything else
-# (data, model, optimizer, batch split, precision, processes) would make another run.
-MAY_CHANGE_ON_RESUME = frozenset({"epochs"})
+# On resume, these may differ from the checkpoint: train on to more epochs, checkpoint more or
+# less often (the epoch's train-loss sum is then added up in another grouping: the same up to
+# float32 rounding). Everything else (data, model, optimizer, batch split, precision,
+# processes) would make another run.
+MAY_CHANGE_ON_RESUME = frozenset({"epochs", "checkpoint_every"})
 
 
 @dataclass(frozen=True)
@@ -384,7 +390,7 @@ def task_settings(args: argparse.Namespace) -> list[Setting]:
     """The task's options of the hand-written runners (their `task_parser`), as settings."""
     return [
         Setting(key, "--" + dest.replace("_", "-"), getattr(args, dest), default)
-        for key, dest, default in TASK_OPTIONS
+        for key, dest, default in (*TASK_OPTIONS, CHECKPOINT_EVERY)
     ]
 
 
@@ -394,9 +400,21 @@ def settle_args(
     """The hand-written runners' configuration: the task's options (written back into `args`)
     and the runner's own `fixed` ones (precision, processes), settled against the checkpoint."""
     config = settle_config([*task_settings(args), *fixed], recorded)
-    for key, dest, _ in TASK_OPTIONS:
+    for key, dest, _ in (*TASK_OPTIONS, CHECKPOINT_EVERY):
         setattr(args, dest, config[key])
     return config
+
+
+def init_arguments(cls: Callable[..., Any], args: argparse.Namespace) -> dict[str, Any]:
+    """`cls`'s init arguments taken from the hand-written runners' options, by name: a class
+    (or function) of the task takes every argument it declares, none hand-listed."""
+    arguments = {}
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if hasattr(args, name):
+            arguments[name] = getattr(args, name)
+        elif parameter.default is not inspect.Parameter.empty:  # would be left at its default
+            raise TypeError(f"{cls.__name__}({name}=...) has no option in contract.TASK_OPTIONS")
+    return arguments
 
 
 def resume_line(path: Path, state: dict[str, Any]) -> str:
@@ -427,18 +445,34 @@ def rank() -> int:
 # ---------------------------------------------------------------------------------------------
 # Command line shared by the hand-written runners (the Trainer uses LightningCLI)
 # ---------------------------------------------------------------------------------------------
+def task_arguments() -> dict[str, Any]:
+    """The task's own arguments and their defaults, read from its signatures: the data
+    (`make_dataset`, `split_dataset`) and the model (`MLP`). An argument added there becomes an
+    option of every hand-written runner and a recorded (and guarded) setting of every run."""
+    arguments: dict[str, Any] = {}
+    for function in (task.make_dataset, task.split_dataset, task.MLP):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                arguments.setdefault(name, parameter.default)
+    return arguments
+
+
 TASK_OPTIONS = (  # (key in the run's configuration, argparse dest, default)
     ("seed", "seed", task.SEED),
     ("epochs", "epochs", task.EPOCHS),
     ("global_batch_size", "batch_size", task.GLOBAL_BATCH_SIZE),
     ("lr", "lr", task.LEARNING_RATE),
-    ("num_samples", "num_samples", task.NUM_SAMPLES),
-    ("hidden_dim", "hidden_dim", task.HIDDEN_DIM),
     ("accumulate", "accumulate", 1),
+    *((name, name, default) for name, default in task_arguments().items() if name != "seed"),
 )
+# Recorded too, so that a resume alone keeps checkpointing as the run did; it may change.
+CHECKPOINT_EVERY = ("checkpoint_every", "checkpoint_every", None)
 OPTION_HELP = {
     "global_batch_size": "the GLOBAL batch size;",
     "accumulate": "micro-batches per step;",
+    "label_noise": "fraction of labels flipped, 0 to 1;",
+    "val_fraction": "fraction of samples held out to validate, between 0 and 1;",
+    "num_classes": "logits of the model (the labels are 0 and 1), 2 or more;",
 }
 
 
@@ -466,6 +500,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str, open_interval: bool = False) -> float:
+    """A fraction: from 0 to 1, or strictly between them (`open_interval`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value < 1 if open_interval else 0 <= value <= 1):
+        interval = "strictly between 0 and 1" if open_interval else "from 0 to 1"
+        raise argparse.ArgumentTypeError(f"{value} must be {interval}")
+    return value
+
+
+def at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} must be 2 or more (the labels are 0 and 1)")
+    return value
+
+
+OPTION_TYPES: dict[str, Callable[[str], Any]] = {
+    "seed": int,
+    "label_noise": fraction,
+    "val_fraction": lambda text: fraction(text, open_interval=True),
+    "num_classes": at_least_two,
+}
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -484,7 +545,7 @@ def task_parser(description: str) -> ArgumentParser:
         kind = positive_float if isinstance(default, float) else positive_int
         group.add_argument(
             "--" + dest.replace("_", "-"),
-            type=int if key == "seed" else kind,
+            type=OPTION_TYPES.get(key, kind),
             default=None,  # left out: the checkpoint's value on resume, else the default
             help=f"{OPTION_HELP.get(key, '')} default: {default}".strip(),
         )

@@ -35,8 +35,9 @@ def main() -> None:
         raise contract.UsageError(
             "the raw-tensor loop does not accumulate; leave --accumulate at 1"
         )
+    dataset = task.make_dataset(**contract.init_arguments(task.make_dataset, args))
     train_set, val_set = task.split_dataset(
-        task.make_dataset(args.num_samples, seed=args.seed), seed=args.seed
+        dataset, **contract.init_arguments(task.split_dataset, args)
     )
     run_dir = args.run_dir or contract.next_run_dir("runs", "raw")
     contract.check_run_dir(run_dir, resume=False)
@@ -44,7 +45,7 @@ def main() -> None:
     batch = args.batch_size
 
     torch.manual_seed(args.seed)
-    model = task.MLP(hidden_dim=args.hidden_dim)
+    model = task.MLP(**contract.init_arguments(task.MLP, args))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     history, steps, start = [], 0, time.perf_counter()
     for epoch in range(args.epochs):

@@ -40,7 +40,9 @@ BY_NAME = {runner.name: runner for runner in RUNNERS}
 CONFIG = {"lr": "0.002", "hidden_dim": "16", "seed": "7"}
 LIGHTNING_OPTIONS = {"lr": "--model.lr", "hidden_dim": "--model.hidden_dim",
                      "num_samples": "--data.num_samples", "seed": "--seed_everything",
-                     "epochs": "--trainer.max_epochs"}  # fmt: skip
+                     "epochs": "--trainer.max_epochs", "label_noise": "--data.label_noise",
+                     "num_features": "--data.num_features", "num_classes": "--model.num_classes",
+                     "val_fraction": "--data.val_fraction"}  # fmt: skip
 
 
 def option(name: str, key: str) -> str:
@@ -126,7 +128,8 @@ def test_sigkill_mid_epoch_then_resume_alone_matches_an_uninterrupted_run(
         assert_equals_replay(name, run_dir, setup)
     resumed, uninterrupted = load_metrics(run_dir), load_metrics(configured_reference)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == 125
-    assert resumed["config"] == uninterrupted["config"] | {"world_size": processes}
+    expected = uninterrupted["config"] | {"world_size": processes, "checkpoint_every": EVERY}
+    assert resumed["config"] == expected  # the resume alone kept checkpointing as recorded
     for ours_epoch, ref in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):  # the interrupted epoch included
             assert ours_epoch[key] == pytest.approx(ref[key], abs=1e-6), (ours_epoch["epoch"], key)
@@ -304,7 +307,13 @@ def test_a_truncated_checkpoint_is_refused_as_such(
     assert "remove" not in line  # no advice that would delete a checkpoint
 
 
-OTHER_CONFIG = [("lr", "0.01"), ("hidden_dim", "8"), ("num_samples", "400")]
+# The options of the runs' recorded configuration, including the task's every init argument
+# (the data's label noise, features, split; the model's classes): none can change on resume.
+OTHER_CONFIG = [("lr", "0.01"), ("hidden_dim", "8"), ("num_samples", "400"),
+                ("label_noise", "0.4"), ("num_features", "12"), ("val_fraction", "0.25"),
+                ("num_classes", "3")]  # fmt: skip
+RECORDED = {"hidden_dim": "32", "label_noise": "0.1", "num_features": "10",
+            "val_fraction": "0.2", "num_classes": "2"}  # fmt: skip
 
 
 @pytest.mark.parametrize(("key", "value"), OTHER_CONFIG)
@@ -317,7 +326,7 @@ def test_resume_with_another_configuration_is_refused(
     before = snapshot(run_dir / "checkpoints")
     code, err = resume_in_process(name, run_dir, options(name, **{key: value}), capsys)
     line = assert_refused(code, err, run_dir, before)
-    recorded = SMALL.get(key, {"hidden_dim": "32"}.get(key))
+    recorded = SMALL.get(key, RECORDED.get(key))
     assert f"{option(name, key)} {value} contradicts" in line, line
     assert f"{option(name, key)} {recorded}" in line, line  # the checkpoint's value
 
