@@ -29,6 +29,7 @@ from conftest import (
     shared_runs,
 )  # fmt: skip
 
+import contract
 import parity
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
@@ -378,3 +379,30 @@ def test_a_refused_resume_end_to_end(epoch_checkpoints: dict[str, Path], tmp_pat
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "more than tensors and plain values" in result.stderr
     assert not marker.exists()
+
+
+def test_fabric_loads_the_checkpoint_it_checked(
+    epoch_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The Fabric runner reads the checkpoint to settle the run's configuration, then hands it to
+    # fabric.load (through AtomicCheckpointIO). A file swapped for a hostile one right after that
+    # check must never be read, with torch's default flipped to unsafe too: a second read that
+    # forgot weights_only would run it, one that kept it would refuse the run.
+    run_dir, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(epoch_checkpoints["fabric"], run_dir)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    check = contract.load_checkpoint
+
+    def check_then_swap(path: Path) -> dict:
+        checkpoint = check(path)
+        torch.save(RunsCode(marker), path)  # a valid torch file: an unsafe load runs it
+        return checkpoint
+
+    monkeypatch.setattr(contract, "load_checkpoint", check_then_swap)
+    code, err = resume_in_process("fabric", run_dir, [], capsys)
+    assert not marker.exists(), "the swapped file's code ran"
+    assert code == 0, err  # resumed from the checkpoint as checked, never reading it again
+    assert (run_dir / "model.pt").exists()
