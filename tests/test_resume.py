@@ -4,6 +4,8 @@ a checkpoint never runs code and a resume never silently changes the run."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import pickle
 import shutil
@@ -12,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import test_resume_positions as positions
 import torch
 from conftest import (
     PYTHON,
@@ -55,19 +58,21 @@ def options(name: str, **values: str) -> list[str]:
     return [arg for key, value in values.items() for arg in (option(name, key), value)]
 
 
-def checkpoint_args(name: str) -> list[str]:
+def checkpoint_args(name: str, every: int = EVERY) -> list[str]:
     if name == "lightning":
-        return ["--checkpoint.every_n_train_steps", str(EVERY)]
-    return ["--checkpoint-every", str(EVERY)]
+        return ["--checkpoint.every_n_train_steps", str(every)]
+    return ["--checkpoint-every", str(every)]
 
 
 def resume_args(name: str) -> list[str]:
     return ["--ckpt_path", "last"] if name == "lightning" else ["--resume"]
 
 
-def killed_run(runner: Runner, run_dir: Path, processes: int, fault: str, args=()) -> int:
+def killed_run(
+    runner: Runner, run_dir: Path, processes: int, fault: str, args=(), every: int = EVERY
+) -> int:
     """Start a run that SIGKILLs its rank 0 at `fault`; end every process it left behind."""
-    command = runner.command(run_dir, processes, [*checkpoint_args(runner.name), *args])
+    command = runner.command(run_dir, processes, [*checkpoint_args(runner.name, every), *args])
     env = run_env(TASK_FAULT=fault, MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -406,3 +411,34 @@ def test_fabric_loads_the_checkpoint_it_checked(
     assert not marker.exists(), "the swapped file's code ran"
     assert code == 0, err  # resumed from the checkpoint as checked, never reading it again
     assert (run_dir / "model.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(  # 2 processes in all four; 1 in the Trainer, the runner that failed
+    ("name", "processes"), [*((name, 2) for name in BY_NAME), ("lightning", 1)]
+)
+def test_sigkill_after_an_epochs_last_batch_then_resume_alone(
+    name: str, processes: int, tmp_path: Path
+) -> None:
+    # The position the Trainer got wrong, as a real kill: the small run of
+    # test_resume_positions.py (4 steps an epoch, a checkpoint every step) killed after epoch
+    # 1's last step, before its validation: an epoch boundary. (Mid-epoch kills, 1 and 2
+    # processes: the test above; every position on one process: test_resume_positions.py.)
+    runner, run_dir = BY_NAME[name], tmp_path / "run"
+    small = positions.task_args(name, every_step=False)
+    assert killed_run(runner, run_dir, processes, "step:4", small, every=1) != 0
+    assert not (run_dir / "model.pt").exists()
+
+    result = runner.train(run_dir, processes, resume_args(name))  # the resume option alone
+    step = positions.newest_step(name, 4)  # the Trainer saves step 4 after validation
+    epoch, batch = positions.position(step)
+    assert f"epoch {epoch}, batch {batch}, optimizer step {step}" in result.stdout
+    assert epoch_numbers(result.stdout) == [1, 2, 3], result.stdout
+    grouping = parity.grouping_of(name, processes)
+    setup = dataclasses.replace(positions.SETUP, processes=processes, grouping=grouping)
+    assert_equals_replay(name, run_dir, setup)  # bit for bit this runner's own arithmetic
+    metrics = load_metrics(run_dir)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for entry in metrics["epochs"]:  # each epoch validated: no NaN
+        assert all(math.isfinite(entry[key]) for key in ("train_loss", "val_loss", "val_acc"))
+    assert metrics["config"]["checkpoint_every"] == 1 and metrics["optimizer_steps"] == 12
