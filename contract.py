@@ -191,9 +191,10 @@ def resolve_run_dir(run_dir: Path | None, runner: str, resume: bool) -> Path:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """An earlier run's files are never overwritten: finished runs stay, others need --resume."""
-    if (run_dir / "model.pt").exists():
+    if (run_dir / "model.pt").exists():  # its outputs are the record of that run: kept
         raise UsageError(
-            f"{run_dir} already holds a finished run (model.pt); choose another run directory"
+            f"{run_dir} already holds a finished run (model.pt); choose another run directory "
+            "(to train it on further, copy its checkpoints/ into a new one and resume there)"
         )
     if not resume and (run_dir / "checkpoints").exists():
         raise UsageError(
