@@ -48,6 +48,11 @@ def micro_batch_size(
     a training or validation set that the processes cannot share evenly (DistributedSampler
     would pad it with duplicates). The refusal names a combination that works.
     """
+    for count, name in ((num_train, "training"), (num_val, "validation")):
+        if count == 0:
+            raise UsageError(
+                f"no {name} samples: give more samples, or another validation fraction"
+            )
     problem = split_problem(global_batch, world_size, accumulate, num_train, num_val)
     if problem:
         raise UsageError(
@@ -65,8 +70,6 @@ def split_problem(
             f"{accumulate} accumulation step(s)"
         )
     for count, name in ((num_train, "training"), (num_val, "validation")):
-        if count == 0:
-            return f"no {name} samples: give more samples, or another validation fraction"
         if count % world_size:
             return f"{count} {name} samples cannot be shared evenly by {world_size} processes"
     return ""

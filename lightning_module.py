@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import ActionConfigFile
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -45,6 +45,10 @@ warnings.filterwarnings("ignore", message=r".*smaller than the logging interval"
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
+# The labels are 0 and 1: fewer than two logits cannot classify them (torchmetrics refuses 1).
+AtLeastTwo = restricted_number_type("AtLeastTwo", int, (">=", 2))
+
+
 class MLPClassifier(L.LightningModule):
     """The MLP with its loss, metrics and optimizer. Fabric and Accelerate drive it too."""
 
@@ -52,7 +56,7 @@ class MLPClassifier(L.LightningModule):
         self,
         num_features: PositiveInt = task.NUM_FEATURES,
         hidden_dim: PositiveInt = task.HIDDEN_DIM,
-        num_classes: PositiveInt = task.NUM_CLASSES,
+        num_classes: AtLeastTwo = task.NUM_CLASSES,
         lr: PositiveFloat = task.LEARNING_RATE,
     ) -> None:
         super().__init__()
