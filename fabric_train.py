@@ -23,6 +23,7 @@ from lightning.fabric.strategies import STRATEGY_REGISTRY
 import contract
 from datamodule import TaskDataModule
 from lightning_module import AtomicCheckpointIO, MLPClassifier
+from task_options import init_arguments
 
 
 def parse_args() -> object:
@@ -96,7 +97,7 @@ def main() -> None:
     config |= contract.settle_config(
         [contract.Setting("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
-    data = TaskDataModule(**contract.init_arguments(TaskDataModule, args))
+    data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
@@ -106,7 +107,7 @@ def main() -> None:
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
     fabric.seed_everything(args.seed)
-    model = MLPClassifier(**contract.init_arguments(MLPClassifier, args))
+    model = MLPClassifier(**init_arguments(MLPClassifier, args))
     optimizer = model.configure_optimizers()
     model, optimizer = fabric.setup(model, optimizer)
     # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.

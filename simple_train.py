@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import contract
 import task
+from task_options import init_arguments
 
 
 def parse_args() -> object:
@@ -70,10 +71,8 @@ def main() -> None:
             "--strategy fsdp shards over processes: start it with torchrun --nproc_per_node N"
         )
     # The task's every argument, as given (or recorded): see contract.task_arguments.
-    dataset = task.make_dataset(**contract.init_arguments(task.make_dataset, args))
-    train_set, val_set = task.split_dataset(
-        dataset, **contract.init_arguments(task.split_dataset, args)
-    )
+    dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
+    train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
     micro_batch = contract.micro_batch_size(
         args.batch_size, world_size, args.accumulate, len(train_set), len(val_set)
     )
@@ -82,7 +81,7 @@ def main() -> None:
     master = rank == 0
 
     torch.manual_seed(args.seed)
-    model = task.MLP(**contract.init_arguments(task.MLP, args)).to(device)
+    model = task.MLP(**init_arguments(task.MLP, args)).to(device)
     raw_model = model
     if args.strategy == "fsdp":  # shards parameters, gradients and optimizer state over ranks
         fully_shard(model)

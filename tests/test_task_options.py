@@ -33,7 +33,7 @@ def args(name: str, given: dict) -> list[str]:
 
 def test_the_options_are_the_task_classes_init_arguments() -> None:
     # The hand-written runners' options cover every init argument of the LightningModule and
-    # the LightningDataModule they drive (contract.init_arguments refuses to leave one out).
+    # the LightningDataModule they drive (task_options.init_arguments refuses to leave one out).
     dests = {dest for _, dest, _ in contract.TASK_OPTIONS}
     for cls in (TaskDataModule, MLPClassifier, task.MLP):
         arguments = set(inspect.signature(cls).parameters) - {"dataset"}
