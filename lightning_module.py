@@ -255,6 +255,7 @@ class Checkpoint(ModelCheckpoint):
 
     run_config: dict[str, Any]
     train_start: float
+    resume_reported = False  # said where the run resumed (say_where_resumed)
 
     def record_run(self, run_config: dict[str, Any]) -> None:
         """Called before fit: the configuration to record, and the training clock's start (reset
@@ -326,8 +327,6 @@ class Checkpoint(ModelCheckpoint):
         for epoch, metrics in enumerate(pl_module.history):  # as the Trainer logged them
             for logger in trainer.loggers:
                 logger.log_metrics({**metrics, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
-
-    resume_reported = False
 
     def say_where_resumed(self, trainer: L.Trainer) -> None:
         """The resume line, as the other runners print it. Also called after a resume from the
