@@ -6,7 +6,8 @@ A kill at a fault point leaves on disk exactly what the run had written there. S
 uninterrupted run per runner, in this process, copies its run directory at every fault point
 (`contract.inject_fault`, the point a `TASK_FAULT` kill would strike): each copy is the run
 directory a kill there leaves. The real kills (a subprocess SIGKILLed) are in
-test_resume_kills.py, at representative positions.
+test_resume.py, at representative positions (mid-epoch, 1 and 2 processes; after an epoch's last
+batch, 2 processes and the Trainer on 1; during a checkpoint write).
 """
 
 from __future__ import annotations
