@@ -509,7 +509,7 @@ def task_parser(description: str) -> ArgumentParser:
         "--checkpoint-every",
         type=positive_int,
         default=None,
-        help="optimizer steps (and each epoch)",
+        help="optimizer steps (and each epoch); on --resume, left out = the checkpoint's",
     )
     group.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser
