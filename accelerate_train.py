@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 import contract
 from datamodule import TaskDataModule
 from lightning_module import MLPClassifier
+from task_options import init_arguments
 
 
 def parse_args() -> object:
@@ -87,13 +88,13 @@ def main() -> None:
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
         raise contract.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
-    data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+    data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
     run_dir = Path(broadcast_object_list([run_dir])[0])  # rank 0 picks the version
 
     set_seed(args.seed)
-    module = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
+    module = MLPClassifier(**init_arguments(MLPClassifier, args))
     optimizer = module.configure_optimizers()
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         module, optimizer, data.train_dataloader(), data.val_dataloader()

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 import torch
 
 import task
+from task_options import OPTION_TYPES, task_arguments
 
 T = TypeVar("T")
 
@@ -47,6 +48,11 @@ def micro_batch_size(
     a training or validation set that the processes cannot share evenly (DistributedSampler
     would pad it with duplicates). The refusal names a combination that works.
     """
+    for count, name in ((num_train, "training"), (num_val, "validation")):
+        if count == 0:
+            raise UsageError(
+                f"no {name} samples: give more samples, or another validation fraction"
+            )
     problem = split_problem(global_batch, world_size, accumulate, num_train, num_val)
     if problem:
         raise UsageError(
@@ -77,7 +83,8 @@ def working_splits(
     split = world_size * accumulate
     fitting_batch = -(-batch // split) * split
     samples = num_train + num_val
-    while any(n % world_size for n in split_sizes(samples)):
+    fraction = num_val / samples
+    while any(n % world_size for n in split_sizes(samples, fraction)):
         samples += 1
     fitting = [
         n
@@ -96,9 +103,9 @@ def working_splits(
     return f"{instead}; the current settings fit {counts} process(es)"
 
 
-def split_sizes(num_samples: int) -> tuple[int, int]:
+def split_sizes(num_samples: int, val_fraction: float = task.VAL_FRACTION) -> tuple[int, int]:
     """Training and validation samples, as task.split_dataset splits them."""
-    num_val = round(task.VAL_FRACTION * num_samples)
+    num_val = round(val_fraction * num_samples)
     return num_samples - num_val, num_val
 
 
@@ -187,9 +194,10 @@ def resolve_run_dir(run_dir: Path | None, runner: str, resume: bool) -> Path:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """An earlier run's files are never overwritten: finished runs stay, others need --resume."""
-    if (run_dir / "model.pt").exists():
+    if (run_dir / "model.pt").exists():  # its outputs are the record of that run: kept
         raise UsageError(
-            f"{run_dir} already holds a finished run (model.pt); choose another run directory"
+            f"{run_dir} already holds a finished run (model.pt); choose another run directory "
+            "(to train it on further, copy its checkpoints/ into a new one and resume there)"
         )
     if not resume and (run_dir / "checkpoints").exists():
         raise UsageError(
@@ -322,9 +330,11 @@ def read_json(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The run's configuration: recorded in every checkpoint and in metrics.json
 # ---------------------------------------------------------------------------------------------
-# On resume, these may differ from the checkpoint: train on to more epochs. Everything else
-# (data, model, optimizer, batch split, precision, processes) would make another run.
-MAY_CHANGE_ON_RESUME = frozenset({"epochs"})
+# On resume, these may differ from the checkpoint: train on to more epochs, checkpoint more or
+# less often (the epoch's train-loss sum is then added up in another grouping: the same up to
+# float32 rounding). Everything else (data, model, optimizer, batch split, precision,
+# processes) would make another run.
+MAY_CHANGE_ON_RESUME = frozenset({"epochs", "checkpoint_every"})
 
 
 @dataclass(frozen=True)
@@ -384,7 +394,7 @@ def task_settings(args: argparse.Namespace) -> list[Setting]:
     """The task's options of the hand-written runners (their `task_parser`), as settings."""
     return [
         Setting(key, "--" + dest.replace("_", "-"), getattr(args, dest), default)
-        for key, dest, default in TASK_OPTIONS
+        for key, dest, default in (*TASK_OPTIONS, CHECKPOINT_EVERY)
     ]
 
 
@@ -394,7 +404,7 @@ def settle_args(
     """The hand-written runners' configuration: the task's options (written back into `args`)
     and the runner's own `fixed` ones (precision, processes), settled against the checkpoint."""
     config = settle_config([*task_settings(args), *fixed], recorded)
-    for key, dest, _ in TASK_OPTIONS:
+    for key, dest, _ in (*TASK_OPTIONS, CHECKPOINT_EVERY):
         setattr(args, dest, config[key])
     return config
 
@@ -432,13 +442,17 @@ TASK_OPTIONS = (  # (key in the run's configuration, argparse dest, default)
     ("epochs", "epochs", task.EPOCHS),
     ("global_batch_size", "batch_size", task.GLOBAL_BATCH_SIZE),
     ("lr", "lr", task.LEARNING_RATE),
-    ("num_samples", "num_samples", task.NUM_SAMPLES),
-    ("hidden_dim", "hidden_dim", task.HIDDEN_DIM),
     ("accumulate", "accumulate", 1),
+    *((name, name, default) for name, default in task_arguments().items() if name != "seed"),
 )
+# Recorded too, so that a resume alone keeps checkpointing as the run did; it may change.
+CHECKPOINT_EVERY = ("checkpoint_every", "checkpoint_every", None)
 OPTION_HELP = {
     "global_batch_size": "the GLOBAL batch size;",
     "accumulate": "micro-batches per step;",
+    "label_noise": "fraction of labels flipped, 0 to 1;",
+    "val_fraction": "fraction of samples held out to validate, between 0 and 1;",
+    "num_classes": "logits of the model (the labels are 0 and 1), 2 or more;",
 }
 
 
@@ -484,7 +498,7 @@ def task_parser(description: str) -> ArgumentParser:
         kind = positive_float if isinstance(default, float) else positive_int
         group.add_argument(
             "--" + dest.replace("_", "-"),
-            type=int if key == "seed" else kind,
+            type=OPTION_TYPES.get(key, kind),
             default=None,  # left out: the checkpoint's value on resume, else the default
             help=f"{OPTION_HELP.get(key, '')} default: {default}".strip(),
         )
@@ -495,7 +509,7 @@ def task_parser(description: str) -> ArgumentParser:
         "--checkpoint-every",
         type=positive_int,
         default=None,
-        help="optimizer steps (and each epoch)",
+        help="optimizer steps (and each epoch); on --resume, left out = the checkpoint's",
     )
     group.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     return parser

@@ -56,15 +56,19 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         sampler = task.EpochShuffleSampler(self.train_set, seed=self.hparams.seed)
         if self.trainer is not None:
-            # A Trainer that resumes mid-epoch fast-forwards this loader's sampler as soon as it
-            # is built, before it sets the sampler's epoch: so start it at the current epoch, and
-            # under DDP build the DistributedSampler here rather than let the Trainer swap it in.
+            # A Trainer that resumes draws this loader's first order as soon as it is built,
+            # before it sets the sampler's epoch (mid-epoch: to fast-forward it): so start it at
+            # the epoch about to train, and under DDP build the DistributedSampler here rather
+            # than let the Trainer swap it in. That epoch is the loop's count of processed
+            # epochs, as Lightning itself sets it (fit_loop.py, on_advance_start): from an
+            # epoch-end checkpoint, `current_epoch` still names the epoch just finished here
+            # (lightning 2.6.6; the order of the epoch after it would be the finished one's).
             if self.trainer.world_size > 1:
                 sampler = DistributedSampler(
                     self.train_set, self.trainer.world_size, self.trainer.global_rank,
                     seed=self.hparams.seed,
                 )  # fmt: skip
-            sampler.set_epoch(self.trainer.current_epoch)
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
         # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
         return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)

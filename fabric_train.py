@@ -23,6 +23,7 @@ from lightning.fabric.strategies import STRATEGY_REGISTRY
 import contract
 from datamodule import TaskDataModule
 from lightning_module import AtomicCheckpointIO, MLPClassifier
+from task_options import init_arguments
 
 
 def parse_args() -> object:
@@ -55,10 +56,12 @@ def main() -> None:
     if args.resume and args.run_dir is None:
         raise contract.UsageError("--resume continues the run in --run-dir: name that directory")
     # The checkpoint first: options left out of a resume are taken from it.
-    checkpoint = None
+    checkpoint, checked = None, None
     if args.resume:
         contract.check_run_dir(args.run_dir, resume=True)
-        checkpoint = contract.load_checkpoint(args.run_dir / "checkpoints" / "last.ckpt")
+        path = args.run_dir / "checkpoints" / "last.ckpt"
+        checkpoint = contract.load_checkpoint(path)
+        checked = (path, checkpoint)
     recorded = None if checkpoint is None else checkpoint.get("config", {})
     precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets it
     config = contract.settle_args(
@@ -82,7 +85,9 @@ def main() -> None:
         strategy=args.strategy,
         # Under `fabric run` the CLI's precision (already settled above) is the one.
         precision=None if "LT_PRECISION" in os.environ else config["precision"],
-        plugins=AtomicCheckpointIO(),  # complete checkpoints or none, with the usual file mode
+        # Complete checkpoints or none, with the usual file mode; and fabric.load below takes
+        # the checkpoint read above, not the file again: the file checked is the file loaded.
+        plugins=AtomicCheckpointIO(checked),
         # --run-dir, else Lightning's own scheme: runs/fabric/version_N
         loggers=CSVLogger(args.run_dir, name="", version="")
         if args.run_dir
@@ -92,7 +97,7 @@ def main() -> None:
     config |= contract.settle_config(
         [contract.Setting("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
-    data = TaskDataModule(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+    data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
@@ -102,7 +107,7 @@ def main() -> None:
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
     fabric.seed_everything(args.seed)
-    model = MLPClassifier(hidden_dim=args.hidden_dim, lr=args.lr)
+    model = MLPClassifier(**init_arguments(MLPClassifier, args))
     optimizer = model.configure_optimizers()
     model, optimizer = fabric.setup(model, optimizer)
     # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
@@ -114,8 +119,8 @@ def main() -> None:
     state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
     state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if args.resume:
-        # The file checked above, read again by Fabric (which places the state under DDP and
-        # sharded strategies), tensors and plain values only, explicitly.
+        # Fabric places the state (under DDP and sharded strategies too); its checkpoint I/O
+        # hands it the checkpoint read and checked above (AtomicCheckpointIO).
         progress = fabric.load(checkpoint_path, state, weights_only=True)
         state["config"] = config
         model.load_progress_state(progress, fabric.global_rank)

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse import ActionConfigFile
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -52,6 +52,10 @@ warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
+# The labels are 0 and 1: fewer than two logits cannot classify them (torchmetrics refuses 1).
+AtLeastTwo = restricted_number_type("AtLeastTwo", int, (">=", 2))
+
+
 class MLPClassifier(L.LightningModule):
     """The MLP with its loss, metrics and optimizer. Fabric and Accelerate drive it too."""
 
@@ -59,7 +63,7 @@ class MLPClassifier(L.LightningModule):
         self,
         num_features: PositiveInt = task.NUM_FEATURES,
         hidden_dim: PositiveInt = task.HIDDEN_DIM,
-        num_classes: PositiveInt = task.NUM_CLASSES,
+        num_classes: AtLeastTwo = task.NUM_CLASSES,
         lr: PositiveFloat = task.LEARNING_RATE,
     ) -> None:
         super().__init__()
@@ -177,12 +181,31 @@ class MLPClassifier(L.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer (the Trainer's and Fabric's), made complete-or-absent.
+    """Lightning's checkpoint I/O (the Trainer's and Fabric's): complete-or-absent writes, and
+    reads of tensors and plain values only, whatever the caller asks.
 
     Lightning's own save goes through an fsspec transaction that writes to the system's temp
     folder with mode 0600, then moves the file: a copy, not a rename, where that folder is on
     another file system. Here the file is written beside its final name, then renamed.
+
+    `checked`: a checkpoint the runner has read already (to settle its configuration), handed to
+    the framework as read, so that the file checked is the file loaded (a file swapped between
+    two reads is never read).
     """
+
+    def __init__(self, checked: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self._checked = checked
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if self._checked is not None and Path(path).resolve() == self._checked[0].resolve():
+            checkpoint, self._checked = self._checked[1], None  # handed over once
+            return checkpoint
+        # Any other read: tensors and plain values only, explicitly (Lightning 2.6.6 passes
+        # weights_only=None, torch's default, unless told).
+        return contract.load_checkpoint(Path(path))
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -200,17 +223,29 @@ class EpochBar(TQDMProgressBar):
 
 # The subcommands offered, each reading the task's data: fit trains, validate reports.
 READS = ("fit", "validate")
-# The run's configuration (contract.settle_config's keys) as LightningCLI options.
-CLI_OPTIONS = {
+# The run's configuration keys (contract.settle_config's) that the Trainer's own options hold;
+# every init argument of the data and the model is recorded too (cli_options).
+TRAINER_OPTIONS = {
     "seed": "seed_everything",
     "epochs": "trainer.max_epochs",
-    "global_batch_size": "data.batch_size",
-    "lr": "model.lr",
-    "num_samples": "data.num_samples",
-    "hidden_dim": "model.hidden_dim",
     "accumulate": "trainer.accumulate_grad_batches",
     "precision": "trainer.precision",
+    "checkpoint_every": "checkpoint.every_n_train_steps",
 }
+RENAMED = {"batch_size": "global_batch_size"}  # init argument: its key in the configuration
+
+
+def cli_options(fit: Any) -> dict[str, str]:
+    """The run's configuration as LightningCLI options, `{key: option}`: the Trainer's, then
+    every init argument of the data and the model as parsed (their signatures, none listed
+    here). The data's come first: a linked model argument (num_features) is set through it."""
+    options = dict(TRAINER_OPTIONS)
+    for group in ("data", "model"):
+        for name in vars(fit[group]):
+            options.setdefault(RENAMED.get(name, name), f"{group}.{name}")
+    return options
+
+
 ACCELERATORS = ("auto", *AcceleratorRegistry.available_accelerators())
 STRATEGIES = ("auto", *StrategyRegistry.available_strategies())
 
@@ -235,6 +270,7 @@ class Checkpoint(ModelCheckpoint):
 
     run_config: dict[str, Any]
     train_start: float
+    resume_reported = False  # said where the run resumed (say_where_resumed)
 
     def record_run(self, run_config: dict[str, Any]) -> None:
         """Called before fit: the configuration to record, and the training clock's start (reset
@@ -252,6 +288,34 @@ class Checkpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if not self._every_n_train_steps and self._train_time_interval is None:
             self.on_train_batch_end = None  # it checks there whether to save after this step
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Every N steps, except an epoch's last batch: that step is saved after validation.
+
+        Lightning (2.6.6, loops/fit_loop.py `reset`) resumes a checkpoint taken after an epoch's
+        last batch as if that epoch were over: its validation never runs (the epoch's val_loss
+        is NaN) and the next epoch starts from an exhausted loader state (another run). So the
+        save after each epoch's validation (on_train_epoch_end) holds that step instead; a kill
+        between the two resumes from the step before and trains the last batch again.
+        test_resume_positions.py fails if this is removed or Lightning changes.
+        """
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Saving every N steps, also save last.ckpt at each epoch's end, after validation (as
+        the other runners do; Lightning 2.6.6 saves it there only if it saved at that step)."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.on_train_batch_end is not None and self.save_last:  # step-triggered saves
+            # After the module's on_train_epoch_end: Lightning calls checkpoint callbacks last.
+            trainer.save_checkpoint(self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -273,14 +337,22 @@ class Checkpoint(ModelCheckpoint):
     def report_resume(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path is None:
             return
-        batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        position = {"epoch": trainer.current_epoch, "batch": batch, "steps": trainer.global_step}
-        if trainer.is_global_zero:
-            tqdm.write(contract.resume_line(Path(trainer.ckpt_path), position))
+        self.say_where_resumed(trainer)
         steps_per_epoch = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
         for epoch, metrics in enumerate(pl_module.history):  # as the Trainer logged them
             for logger in trainer.loggers:
                 logger.log_metrics({**metrics, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
+
+    def say_where_resumed(self, trainer: L.Trainer) -> None:
+        """The resume line, as the other runners print it. Also called after a resume from the
+        run's last checkpoint, where the Trainer has no epoch left and starts no training."""
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if batch >= trainer.num_training_batches:  # an epoch-end checkpoint: the next one starts
+            batch = 0
+        position = {"epoch": trainer.current_epoch, "batch": batch, "steps": trainer.global_step}
+        if trainer.is_global_zero:
+            tqdm.write(contract.resume_line(Path(trainer.ckpt_path), position))
+        self.resume_reported = True
 
 
 class SaveConfigOnce(SaveConfigCallback):
@@ -335,19 +407,20 @@ class TaskCLI(LightningCLI):
         path = checkpoint_file(self.config[subcommand], subcommand)
         checkpoint = contract.load_checkpoint(path)  # tensors and plain values, explicitly
         recorded = checkpoint.get("run_config", {})
+        options = cli_options(self.config[subcommand])
         self._subcommand_parsers[subcommand].set_defaults(
-            {option: recorded[key] for key, option in CLI_OPTIONS.items() if key in recorded}
+            {option: recorded[key] for key, option in options.items() if key in recorded}
         )
         super().parse_arguments(parser, args)
         config = self.config[subcommand]
         config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
-        self._recorded = recorded
-        given = {key: config[option] for key, option in CLI_OPTIONS.items()}
+        self._recorded, self._checked = recorded, (path, checkpoint)
+        given = {key: config[option] for key, option in options.items()}
         contract.settle_config(
             [
                 contract.Setting(
                     key,
-                    f"--{CLI_OPTIONS[key]}",
+                    f"--{options[key]}",
                     None if value == recorded.get(key) else value,
                     None,
                 )
@@ -414,7 +487,8 @@ class TaskCLI(LightningCLI):
                 [contract.Setting("world_size", processes, trainer.world_size, None)],
                 self._recorded,
             )
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # The Trainer's read of the checkpoint is the one made above: the file checked is loaded.
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO(getattr(self, "_checked", None))
         self.checkpoint = self._get(self.config_init, "checkpoint")
         self.checkpoint.record_run(self.run_config)
 
@@ -426,15 +500,23 @@ class TaskCLI(LightningCLI):
                 "folder: leave --trainer.logger.init_args.version out"
             )
         read_weights_only(self.config_init.validate)
+        # The Trainer restores the checkpoint checked on parsing, not the file read once more.
+        self.trainer.strategy.checkpoint_io = AtomicCheckpointIO(getattr(self, "_checked", None))
 
     def trainer_run_config(self) -> dict[str, Any]:
         """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
         fit, trainer = self.config.fit, self.trainer
-        config = plain_values({key: fit[option] for key, option in CLI_OPTIONS.items()})
+        config = plain_values({key: fit[option] for key, option in cli_options(fit).items()})
         return config | {"precision": str(trainer.precision), "world_size": trainer.world_size}
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        if trainer.ckpt_path is not None and not self.checkpoint.resume_reported:
+            # Resumed from the run's last checkpoint: the Trainer trained nothing, and its CSV
+            # logger has emptied metrics.csv. Say so, and write the logged epochs back.
+            self.checkpoint.report_resume(trainer, self.model)
+            for logger in trainer.loggers:
+                logger.save()
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
         if trainer.is_global_zero:
             self._save_run(run_dir)

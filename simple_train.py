@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import contract
 import task
+from task_options import init_arguments
 
 
 def parse_args() -> object:
@@ -69,8 +70,9 @@ def main() -> None:
         raise contract.UsageError(
             "--strategy fsdp shards over processes: start it with torchrun --nproc_per_node N"
         )
-    dataset = task.make_dataset(args.num_samples, seed=args.seed)
-    train_set, val_set = task.split_dataset(dataset, seed=args.seed)
+    # The task's every argument, as given (or recorded): see contract.task_arguments.
+    dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
+    train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
     micro_batch = contract.micro_batch_size(
         args.batch_size, world_size, args.accumulate, len(train_set), len(val_set)
     )
@@ -79,7 +81,7 @@ def main() -> None:
     master = rank == 0
 
     torch.manual_seed(args.seed)
-    model = task.MLP(hidden_dim=args.hidden_dim).to(device)
+    model = task.MLP(**init_arguments(task.MLP, args)).to(device)
     raw_model = model
     if args.strategy == "fsdp":  # shards parameters, gradients and optimizer state over ranks
         fully_shard(model)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for task.py
 import contract
 import task
+from task_options import init_arguments
 
 
 def main() -> None:
@@ -35,16 +36,15 @@ def main() -> None:
         raise contract.UsageError(
             "the raw-tensor loop does not accumulate; leave --accumulate at 1"
         )
-    train_set, val_set = task.split_dataset(
-        task.make_dataset(args.num_samples, seed=args.seed), seed=args.seed
-    )
+    dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
+    train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
     run_dir = args.run_dir or contract.next_run_dir("runs", "raw")
     contract.check_run_dir(run_dir, resume=False)
     (x, y), (val_x, val_y) = train_set.tensors, val_set.tensors
     batch = args.batch_size
 
     torch.manual_seed(args.seed)
-    model = task.MLP(hidden_dim=args.hidden_dim)
+    model = task.MLP(**init_arguments(task.MLP, args))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     history, steps, start = [], 0, time.perf_counter()
     for epoch in range(args.epochs):

@@ -10,16 +10,21 @@ from conftest import RUNNERS, in_process, run, without_cuda
 BY_NAME = {runner.name: runner for runner in RUNNERS}
 COMMON = {  # the same mistakes, in each runner's own spelling
     "torch": [["--bogus"], ["--epochs", "0"], ["--num-samples", "-5"], ["--lr", "nan"],
-              ["--batch-size", "30", "--accumulate", "4"], ["--device", "cuda"]],
+              ["--batch-size", "30", "--accumulate", "4"], ["--device", "cuda"],
+              ["--label-noise", "1.5"], ["--val-fraction", "0"], ["--num-classes", "1"],
+              ["--num-samples", "100", "--val-fraction", "0.001"]],
     "fabric": [["--bogus"], ["--epochs", "0"], ["--hidden-dim", "0"], ["--lr", "abc"],
                ["--devices", "3"], ["--accelerator", "cuda"], ["--strategy", "bogus"]],
     "lightning": [["--bogus"], ["--trainer.max_epochs", "0"], ["--data.num_samples", "0"],
                   ["--model.lr", "-1"], ["--trainer.devices", "3"],
                   ["--data.batch_size", "30", "--trainer.accumulate_grad_batches", "4"],
                   ["--trainer.accelerator", "gpu"], ["--config", "configs/lightning/none.yaml"],
-                  ["--trainer.strategy", "bogus"], ["--trainer.accelerator", "bogus"]],
+                  ["--trainer.strategy", "bogus"], ["--trainer.accelerator", "bogus"],
+                  ["--data.label_noise", "1.5"], ["--model.num_classes", "1"],
+                  ["--data.num_samples", "100", "--data.val_fraction", "0.001"]],
     "accelerate": [["--bogus"], ["--epochs", "0"], ["--batch-size", "0"], ["--lr", "inf"],
-                   ["--batch-size", "30", "--accumulate", "4"], ["--mixed-precision", "fp16"]],
+                   ["--batch-size", "30", "--accumulate", "4"], ["--mixed-precision", "fp16"],
+                   ["--num-features", "0"], ["--val-fraction", "1"]],
 }  # fmt: skip
 NEEDS_NO_GPU = [["--device", "cuda"], ["--accelerator", "cuda"], ["--trainer.accelerator", "gpu"]]
 

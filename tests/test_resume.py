@@ -4,6 +4,8 @@ a checkpoint never runs code and a resume never silently changes the run."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import pickle
 import shutil
@@ -12,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import test_resume_positions as positions
 import torch
 from conftest import (
     PYTHON,
@@ -29,6 +32,7 @@ from conftest import (
     shared_runs,
 )  # fmt: skip
 
+import contract
 import parity
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
@@ -40,7 +44,9 @@ BY_NAME = {runner.name: runner for runner in RUNNERS}
 CONFIG = {"lr": "0.002", "hidden_dim": "16", "seed": "7"}
 LIGHTNING_OPTIONS = {"lr": "--model.lr", "hidden_dim": "--model.hidden_dim",
                      "num_samples": "--data.num_samples", "seed": "--seed_everything",
-                     "epochs": "--trainer.max_epochs"}  # fmt: skip
+                     "epochs": "--trainer.max_epochs", "label_noise": "--data.label_noise",
+                     "num_features": "--data.num_features", "num_classes": "--model.num_classes",
+                     "val_fraction": "--data.val_fraction"}  # fmt: skip
 
 
 def option(name: str, key: str) -> str:
@@ -52,19 +58,21 @@ def options(name: str, **values: str) -> list[str]:
     return [arg for key, value in values.items() for arg in (option(name, key), value)]
 
 
-def checkpoint_args(name: str) -> list[str]:
+def checkpoint_args(name: str, every: int = EVERY) -> list[str]:
     if name == "lightning":
-        return ["--checkpoint.every_n_train_steps", str(EVERY)]
-    return ["--checkpoint-every", str(EVERY)]
+        return ["--checkpoint.every_n_train_steps", str(every)]
+    return ["--checkpoint-every", str(every)]
 
 
 def resume_args(name: str) -> list[str]:
     return ["--ckpt_path", "last"] if name == "lightning" else ["--resume"]
 
 
-def killed_run(runner: Runner, run_dir: Path, processes: int, fault: str, args=()) -> int:
+def killed_run(
+    runner: Runner, run_dir: Path, processes: int, fault: str, args=(), every: int = EVERY
+) -> int:
     """Start a run that SIGKILLs its rank 0 at `fault`; end every process it left behind."""
-    command = runner.command(run_dir, processes, [*checkpoint_args(runner.name), *args])
+    command = runner.command(run_dir, processes, [*checkpoint_args(runner.name, every), *args])
     env = run_env(TASK_FAULT=fault, MASTER_PORT=str(free_port()))
     proc = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -126,7 +134,8 @@ def test_sigkill_mid_epoch_then_resume_alone_matches_an_uninterrupted_run(
         assert_equals_replay(name, run_dir, setup)
     resumed, uninterrupted = load_metrics(run_dir), load_metrics(configured_reference)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == 125
-    assert resumed["config"] == uninterrupted["config"] | {"world_size": processes}
+    expected = uninterrupted["config"] | {"world_size": processes, "checkpoint_every": EVERY}
+    assert resumed["config"] == expected  # the resume alone kept checkpointing as recorded
     for ours_epoch, ref in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):  # the interrupted epoch included
             assert ours_epoch[key] == pytest.approx(ref[key], abs=1e-6), (ours_epoch["epoch"], key)
@@ -304,7 +313,13 @@ def test_a_truncated_checkpoint_is_refused_as_such(
     assert "remove" not in line  # no advice that would delete a checkpoint
 
 
-OTHER_CONFIG = [("lr", "0.01"), ("hidden_dim", "8"), ("num_samples", "400")]
+# The options of the runs' recorded configuration, including the task's every init argument
+# (the data's label noise, features, split; the model's classes): none can change on resume.
+OTHER_CONFIG = [("lr", "0.01"), ("hidden_dim", "8"), ("num_samples", "400"),
+                ("label_noise", "0.4"), ("num_features", "12"), ("val_fraction", "0.25"),
+                ("num_classes", "3")]  # fmt: skip
+RECORDED = {"hidden_dim": "32", "label_noise": "0.1", "num_features": "10",
+            "val_fraction": "0.2", "num_classes": "2"}  # fmt: skip
 
 
 @pytest.mark.parametrize(("key", "value"), OTHER_CONFIG)
@@ -317,7 +332,7 @@ def test_resume_with_another_configuration_is_refused(
     before = snapshot(run_dir / "checkpoints")
     code, err = resume_in_process(name, run_dir, options(name, **{key: value}), capsys)
     line = assert_refused(code, err, run_dir, before)
-    recorded = SMALL.get(key, {"hidden_dim": "32"}.get(key))
+    recorded = SMALL.get(key, RECORDED.get(key))
     assert f"{option(name, key)} {value} contradicts" in line, line
     assert f"{option(name, key)} {recorded}" in line, line  # the checkpoint's value
 
@@ -369,3 +384,61 @@ def test_a_refused_resume_end_to_end(epoch_checkpoints: dict[str, Path], tmp_pat
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "more than tensors and plain values" in result.stderr
     assert not marker.exists()
+
+
+def test_fabric_loads_the_checkpoint_it_checked(
+    epoch_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The Fabric runner reads the checkpoint to settle the run's configuration, then hands it to
+    # fabric.load (through AtomicCheckpointIO). A file swapped for a hostile one right after that
+    # check must never be read, with torch's default flipped to unsafe too: a second read that
+    # forgot weights_only would run it, one that kept it would refuse the run.
+    run_dir, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(epoch_checkpoints["fabric"], run_dir)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    check = contract.load_checkpoint
+
+    def check_then_swap(path: Path) -> dict:
+        checkpoint = check(path)
+        torch.save(RunsCode(marker), path)  # a valid torch file: an unsafe load runs it
+        return checkpoint
+
+    monkeypatch.setattr(contract, "load_checkpoint", check_then_swap)
+    code, err = resume_in_process("fabric", run_dir, [], capsys)
+    assert not marker.exists(), "the swapped file's code ran"
+    assert code == 0, err  # resumed from the checkpoint as checked, never reading it again
+    assert (run_dir / "model.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(  # 2 processes in all four; 1 in the Trainer, the runner that failed
+    ("name", "processes"), [*((name, 2) for name in BY_NAME), ("lightning", 1)]
+)
+def test_sigkill_after_an_epochs_last_batch_then_resume_alone(
+    name: str, processes: int, tmp_path: Path
+) -> None:
+    # The position the Trainer got wrong, as a real kill: the small run of
+    # test_resume_positions.py (4 steps an epoch, a checkpoint every step) killed after epoch
+    # 1's last step, before its validation: an epoch boundary. (Mid-epoch kills, 1 and 2
+    # processes: the test above; every position on one process: test_resume_positions.py.)
+    runner, run_dir = BY_NAME[name], tmp_path / "run"
+    small = positions.task_args(name, every_step=False)
+    assert killed_run(runner, run_dir, processes, "step:4", small, every=1) != 0
+    assert not (run_dir / "model.pt").exists()
+
+    result = runner.train(run_dir, processes, resume_args(name))  # the resume option alone
+    step = positions.newest_step(name, 4)  # the Trainer saves step 4 after validation
+    epoch, batch = positions.position(step)
+    assert f"epoch {epoch}, batch {batch}, optimizer step {step}" in result.stdout
+    assert epoch_numbers(result.stdout) == [1, 2, 3], result.stdout
+    grouping = parity.grouping_of(name, processes)
+    setup = dataclasses.replace(positions.SETUP, processes=processes, grouping=grouping)
+    assert_equals_replay(name, run_dir, setup)  # bit for bit this runner's own arithmetic
+    metrics = load_metrics(run_dir)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    for entry in metrics["epochs"]:  # each epoch validated: no NaN
+        assert all(math.isfinite(entry[key]) for key in ("train_loss", "val_loss", "val_acc"))
+    assert metrics["config"]["checkpoint_every"] == 1 and metrics["optimizer_steps"] == 12

@@ -22,7 +22,9 @@ CONTRACT_FIELDS = {
 CONFIG = {  # the run's configuration, as checkpoints record it: the defaults here
     "seed": task.SEED, "epochs": task.EPOCHS, "global_batch_size": task.GLOBAL_BATCH_SIZE,
     "lr": task.LEARNING_RATE, "num_samples": task.NUM_SAMPLES, "hidden_dim": task.HIDDEN_DIM,
-    "accumulate": 1, "precision": "32-true", "world_size": 1,
+    "accumulate": 1, "precision": "32-true", "world_size": 1, "num_features": task.NUM_FEATURES,
+    "num_classes": task.NUM_CLASSES, "label_noise": task.LABEL_NOISE,
+    "val_fraction": task.VAL_FRACTION, "checkpoint_every": None,
 }  # fmt: skip
 
 

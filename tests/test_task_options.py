@@ -1,0 +1,80 @@
+"""Every init argument of the task is an option of every runner, reaches the model and the data,
+and is recorded in the run's configuration (resume refusals: test_resume.py)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from conftest import RUNNERS, in_process, load_metrics, load_weights
+from jsonargparse import Namespace
+
+import contract
+import task
+from datamodule import TaskDataModule
+from lightning_module import MLPClassifier, cli_options
+
+# Away from every default: 160 samples (120 to train: 4 steps of 30, 40 to validate).
+GIVEN = {"num_samples": 160, "num_features": 12, "num_classes": 3, "label_noise": 0.3,
+         "val_fraction": 0.25, "batch_size": 30, "epochs": 1}  # fmt: skip
+TRAINER = {"num_samples": "--data.num_samples", "num_features": "--data.num_features",
+           "num_classes": "--model.num_classes", "label_noise": "--data.label_noise",
+           "val_fraction": "--data.val_fraction", "batch_size": "--data.batch_size",
+           "epochs": "--trainer.max_epochs"}  # fmt: skip
+
+
+def args(name: str, given: dict) -> list[str]:
+    def spell(key: str) -> str:
+        return TRAINER[key] if name == "lightning" else "--" + key.replace("_", "-")
+
+    return [a for key, value in given.items() for a in (spell(key), str(value))]
+
+
+def test_the_options_are_the_task_classes_init_arguments() -> None:
+    # The hand-written runners' options cover every init argument of the LightningModule and
+    # the LightningDataModule they drive (task_options.init_arguments refuses to leave one out).
+    dests = {dest for _, dest, _ in contract.TASK_OPTIONS}
+    for cls in (TaskDataModule, MLPClassifier, task.MLP):
+        arguments = set(inspect.signature(cls).parameters) - {"dataset"}
+        assert arguments <= dests, (cls.__name__, arguments - dests)
+    assert {"num_features", "label_noise", "val_fraction", "num_classes"} <= dests
+
+
+def test_every_runner_trains_the_task_it_was_given(tmp_path: Path, capsys) -> None:
+    runs = {}
+    for runner in RUNNERS:
+        run_dir = tmp_path / runner.name
+        result = in_process(runner.command(run_dir, 1, args(runner.name, GIVEN)), capsys)
+        assert result.returncode == 0, result.stderr
+        runs[runner.name] = run_dir
+    default_noise = tmp_path / "default_noise"
+    plain = {**GIVEN}
+    del plain["label_noise"]
+    result = in_process(RUNNERS[0].command(default_noise, 1, args("torch", plain)), capsys)
+    assert result.returncode == 0, result.stderr
+
+    reference = load_weights(runs["torch"])
+    assert reference["hidden.weight"].shape == (task.HIDDEN_DIM, 12)  # num_features
+    assert reference["out.weight"].shape == (3, task.HIDDEN_DIM)  # num_classes
+    # The label noise changes the training: a runner that ignored it would differ from the
+    # others, which train bit for bit alike on one device.
+    assert not torch.equal(reference["out.weight"], load_weights(default_noise)["out.weight"])
+    for name, run_dir in runs.items():
+        weights = load_weights(run_dir)
+        assert all(torch.equal(weights[k], reference[k]) for k in reference), name
+        config = load_metrics(run_dir)["config"]
+        recorded = {k: config["global_batch_size" if k == "batch_size" else k] for k in GIVEN}
+        assert recorded == GIVEN, name
+
+
+def test_the_trainer_records_every_init_argument_of_its_classes() -> None:
+    # Derived from the parsed model and data groups: nothing listed by hand.
+    parsed = Namespace(
+        data=Namespace(**dict.fromkeys(inspect.signature(TaskDataModule).parameters)),
+        model=Namespace(**dict.fromkeys(inspect.signature(MLPClassifier).parameters)),
+    )
+    options = cli_options(parsed)
+    keys = {key for key, _, _ in contract.TASK_OPTIONS}
+    assert keys <= set(options), keys - set(options)
+    assert options["num_features"] == "data.num_features"  # the model's is linked to it
