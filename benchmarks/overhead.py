@@ -15,7 +15,8 @@ Sections:
             full runner, and the raw-tensor loop (benchmarks/raw_loop.py). Splits the cost:
             the framework (its minimal loop / minimal plain PyTorch) and this project (the full
             runner / its framework's minimal loop), each ratio from a pair of runs timed
-            together, with bootstrap 95 % intervals over repeats.
+            together, with the order-statistic interval of the median over repeats
+            (benchmarks/intervals.py: [min, max] of 6 repeats covers 96.9 %, of 3 only 75 %).
   width     hidden width 32 .. 65536: where the framework's per-step cost stops mattering.
   samples   1k .. 100k samples: whole-command time, start-up included.
   ddp       plain PyTorch with 1 process, 1 process x 2 threads and 2 processes, per width:
@@ -34,7 +35,6 @@ import datetime
 import itertools
 import json
 import os
-import random
 import signal
 import statistics
 import sys
@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import compare
 import contract
 import task
+from benchmarks import intervals
 
 RUNNERS = ("raw", "torch", "fabric", "accelerate", "lightning")
 FRAMEWORKS = ("fabric", "accelerate", "lightning")
@@ -87,9 +88,9 @@ MIN_CYCLES = 5  # a pair's ratio for one repeat needs at least this many compare
 PROJECT_TARGET = 1.10  # a full runner against its own framework's minimal loop
 PLAIN_VS_RAW_TARGET = 1.25  # minimal plain PyTorch (DataLoader) against the raw-tensor loop
 WIDE_TARGET = 1.1
-# A headline ratio decides something only when its 95 % interval lies within this of it.
+# A headline ratio decides something only when its interval covers 95 % (intervals.LEVEL: at least
+# 6 repeats) and lies within this of it.
 INTERVAL_LIMIT = {False: 0.10, True: 0.15}  # full run, --quick
-BOOTSTRAP_RESAMPLES = 4000
 
 
 @dataclass(frozen=True)
@@ -311,9 +312,9 @@ def slice_medians(run: BenchRun) -> list[tuple[float, float]]:
     slices = []
     for start, stop in run.windows or []:
         first, last = bisect.bisect_left(timed, start), bisect.bisect_right(timed, stop)
-        intervals = [b - a for a, b in itertools.pairwise(timed[first:last])][SKIP_PER_SLICE:]
-        if len(intervals) >= 3:
-            slices.append((start, statistics.median(intervals)))
+        gaps = [b - a for a, b in itertools.pairwise(timed[first:last])][SKIP_PER_SLICE:]
+        if len(gaps) >= 3:
+            slices.append((start, statistics.median(gaps)))
     return slices
 
 
@@ -509,16 +510,9 @@ def busy_starts(res: Results) -> int:
 
 
 def spread(values: Iterable[float]) -> dict[str, float]:
-    """Median and min-max over repeats, and a bootstrap 95 % interval of the median: the
-    repeats resampled with replacement, seeded, so the same records give the same interval."""
-    values = sorted(values)
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP_RESAMPLES)
-    )
-    low, high = medians[int(0.025 * len(medians))], medians[int(0.975 * len(medians)) - 1]
-    return {"median": statistics.median(values), "min": values[0], "max": values[-1],
-            "low": low, "high": high, "n": len(values)}  # fmt: skip
+    """Median and min-max over repeats, and the order-statistic interval of the median with the
+    coverage it has for that many repeats (intervals.py)."""
+    return intervals.median_interval(values)
 
 
 class Results:
@@ -581,7 +575,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def ci(stat: dict[str, float] | None, digits: int = 2) -> str:
-    """A ratio and its bootstrap 95 % interval."""
+    """A ratio and its order-statistic interval (its coverage is stated beside the table)."""
     if stat is None:
         return "–"
     return f"{stat['median']:.{digits}f} [{stat['low']:.{digits}f}–{stat['high']:.{digits}f}]"
@@ -620,14 +614,23 @@ def headline_section(res: Results, quick: bool) -> tuple[str, list[str]]:
     wide += [raw] if too_wide(raw, quick) else []
     limit = INTERVAL_LIMIT[quick]
     verdicts.append(
-        f"{len(wide)} of the {2 * len(MINIMAL_OF)} headline ratios have a 95 % interval wider "
-        f"than ±{limit:.0%} of the ratio" + ("; rerun with more --repeats" if wide else "")
+        f"{len(wide)} of the {2 * len(MINIMAL_OF)} headline ratios have an interval wider than "
+        f"±{limit:.0%} of the ratio" + ("; rerun with more --repeats" if wide else "")
     )
     header = ("runner", "minimal µs/step", "full µs/step", "framework: minimal ÷ minimal plain",
               "project: full ÷ minimal", "full peak RSS MiB")  # fmt: skip
     raw_us = fmt(res.stat(base.config(runner="raw"), "step_us"), bounds=False)
     rows.append(["raw-tensor loop", raw_us, "–", "–", "–", "–"])
-    return table(header, rows), verdicts
+    ratios = [r for p in HEADLINE_PAIRS if (r := res.paired(*p))]
+    return table(header, rows) + "\n\n" + method_line(ratios), verdicts
+
+
+def method_line(stats: Sequence[dict[str, float]]) -> str:
+    """The sentence beside a table: the interval's method, n and coverage (the smallest n)."""
+    if not stats:
+        return ""
+    text = intervals.method(min(stats, key=lambda st: st["n"]))
+    return f"Each ratio: the median over repeats; {text}."
 
 
 def too_wide(ratio: dict[str, float] | None, quick: bool) -> bool:
@@ -639,13 +642,16 @@ def too_wide(ratio: dict[str, float] | None, quick: bool) -> bool:
 
 
 def target_line(what: str, ratio: dict[str, float] | None, limit: float) -> str:
-    """Met when the whole interval is at or under the target; missed when it is all above."""
+    """Met when the whole interval is at or under the target; missed when it is all above; and
+    neither when the interval covers less than a verdict needs (too few repeats)."""
     if ratio is None:
         return f"{what}: not measured"
-    if "high" not in ratio:
-        verdict = "met" if ratio["median"] <= limit else "MISSED"
-        return f"{what}: {fmt(ratio, 2)} (target ≤ {limit}): {verdict}"
-    if ratio["high"] <= limit:
+    if not intervals.decides(ratio):
+        verdict = (
+            f"undecided: {ratio['n']} repeats give a {ratio['coverage']:.1%} interval, a verdict "
+            f"needs {intervals.LEVEL:.0%} ({intervals.repeats_needed()} repeats or more)"
+        )
+    elif ratio["high"] <= limit:
         verdict = "met"
     elif ratio["low"] > limit:
         verdict = "MISSED"
@@ -658,7 +664,7 @@ def width_section(res: Results) -> tuple[str, list[str]]:
     widths = sorted({p.width for p in res.by_point if p.section == "width"})
     header = ["width", "parameters"] + [f"{r} µs" for r in RUNNERS]
     header += [f"{r} ×" for r in RUNNERS if r != "torch"]
-    rows, verdicts = [], []
+    rows, verdicts, stats = [], [], []
     for w in widths:
         base = Point("width", "torch", width=w, epochs=3)
         row = [str(w), f"{(task.NUM_FEATURES + 1) * w + (w + 1) * task.NUM_CLASSES:,}"]
@@ -666,12 +672,14 @@ def width_section(res: Results) -> tuple[str, list[str]]:
         ratios = {r: res.ratio(base.config(runner=r), base) for r in RUNNERS if r != "torch"}
         row += [fmt(x, 2, bounds=False) for x in ratios.values()]
         rows.append(row)
+        stats += [x for x in ratios.values() if x]
     if widths:
         w = widths[-1]
         base = Point("width", "torch", width=w, epochs=3)
         for r in FRAMEWORKS:
             if ratio := res.ratio(base.config(runner=r), base):
                 verdicts.append(target_line(f"width {w}: {r} vs plain PyTorch", ratio, WIDE_TARGET))
+    verdicts.append(method_line(stats).replace("Each ratio", "Each verdict's ratio"))
     return table(header, rows), verdicts
 
 
@@ -790,8 +798,10 @@ def plot_headline(res: Results, path: Path) -> None:
         ax.set_xlim(0, max([2.2] + [st["high"] * 1.15 for _, st, *_ in bars]))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("ratio of time per step", fontsize=8)
-    fig.suptitle("Paired ratios: bar, the median over repeats; whiskers, its bootstrap 95 % "
-                 "interval; dotted, the target", fontsize=9)  # fmt: skip
+    n = next((st for _, st, *_ in panels[1][1] if st), {"n": 0, "coverage": 0.0})
+    fig.suptitle(f"Paired ratios: bar, the median over {n['n']} repeats; whiskers, its "
+                 f"order-statistic interval ({n['coverage']:.1%} coverage); dotted, the target",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -984,7 +994,7 @@ HEADLINE_TEXT = (
     f"epoch, then take turns, {SLICE_S} s each, through the rest. A slice's time per step (the "
     "median interval between its steps) is divided by the mean of the other run's slices just "
     "before and after it; a repeat's ratio is the median over its slices, and the table gives "
-    "the median over repeats with a bootstrap 95 % interval in brackets. µs/step, for scale only: "
+    "the median over repeats. µs/step, for scale only: "
     "the median slice, then the median over repeats of each run's own slices, unpaired, so it "
     "swings with the machine (a full runner can read faster than its minimal loop); the ratios "
     "are what compare. "
