@@ -47,8 +47,8 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -58,11 +58,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import contract
+import interrupts
 import parity
 import task
+
+if TYPE_CHECKING:
+    import resource  # Unix only: main() refuses elsewhere before anything needs it
 
 ROOT = Path(__file__).resolve().parent
 STEP_TIMER = ROOT / "benchmarks" / "steptimer"
@@ -79,9 +83,8 @@ MINIMAL = {
 REFERENCE = "torch"
 CPU_PRECISIONS = ("32-true", "bf16-mixed")
 ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
-
-# What compare.py sets beyond the task's knobs, and why. The report lists these.
-RUNNER_SETTINGS: dict[str, str] = {}  # none: every runner keeps its defaults, checkpoints too
+REPORT_FILES = ("report.json", "report.md", "curves.png", "step_time.png")
+INTERRUPTED = "interrupted.txt"  # an interrupted comparison's folder: --out may reuse it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +131,7 @@ class Run:
     wall_s: float | None = None  # the whole command, start-up included
     max_rss_kib: int | None = None
     started: float | None = None  # perf_counter at launch (CLOCK_MONOTONIC: same as the child's)
+    pid: int | None = None  # its process (group) while it runs; None before and once reaped
     metrics: dict[str, Any] | None = None
     steps: dict[str, Any] | None = None
     max_weight_diff: float | None = None  # against plain PyTorch in the same mode: reported
@@ -277,6 +281,7 @@ def child_env(run: Run, extra: dict[str, str]) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(pythonpath),
         "COMPARE_STEP_LOG": str(run.log_dir / "steps"),
         "PYTHONUNBUFFERED": "1",  # epoch lines reach the log (and the progress display) at once
+        interrupts.MARKER: interrupts.TAG,  # inherited by a launcher's ranks: see interrupts.py
     }
     return env | extra
 
@@ -419,7 +424,7 @@ def launch(run: Run) -> subprocess.Popen:
     ):
         run.started = time.perf_counter()
         # Its own session, so that a timeout can end the whole process tree that we started.
-        return subprocess.Popen(
+        process = subprocess.Popen(
             run.argv,
             cwd=ROOT,
             env=child_env(run, extra_env | run.env),
@@ -428,6 +433,8 @@ def launch(run: Run) -> subprocess.Popen:
             stderr=err,
             start_new_session=True,
         )
+    run.pid = process.pid
+    return process
 
 
 def reap(pid: int, run: Run, timeout: float) -> bool:
@@ -453,6 +460,12 @@ def ended(run: Run, status: int, usage: resource.struct_rusage) -> None:
     run.exit_code = os.waitstatus_to_exitcode(status)
     # ru_maxrss of a reaped child covers its reaped descendants: the largest single process.
     run.max_rss_kib = usage.ru_maxrss
+    run.pid = None
+
+
+def running(runs: Iterable[Run]) -> list[Run]:
+    """Runs started and not yet reaped: what an interrupt must end."""
+    return [r for r in runs if r.pid is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,9 +838,6 @@ def write_report(out: Path, runs: Sequence[Run], config: dict[str, Any], lines: 
         "machine": machine(),
         "agree": agree,
         "verdict": lines,
-        "runner_settings": {
-            r: RUNNER_SETTINGS[r] for r in config["runners"] if r in RUNNER_SETTINGS
-        },
         "runs": [run_json(r) for r in runs],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -856,9 +866,6 @@ def markdown_report(report: dict[str, Any], runs: Sequence[Run]) -> str:
         "training loop (metrics.json).",
         "",
     ]
-    if report["runner_settings"]:
-        text += ["Settings compare.py chose:", ""]
-        text += [f"- {r}: {s}" for r, s in report["runner_settings"].items()] + [""]
     if extras := [r for r in runs if r.extra_args]:
         text += ["\\* extra arguments, so not the same task as the others:", ""]
         text += [f"- {r.name}: `{shlex.join(r.extra_args)}`" for r in extras] + [""]
@@ -994,10 +1001,15 @@ def modes(args: argparse.Namespace) -> list[Mode]:
 
 
 def report_dir(out: Path | None) -> Path:
-    """An explicit folder must not hold a report yet; the default one is new every time."""
+    """An explicit folder must not hold a report or another comparison's runs yet (an
+    interrupted one's may be replaced); the default one is new every time."""
     if out is not None:
-        if (out / "report.json").exists() or (out / "runs").exists():
+        if (out / "report.json").exists():
             raise contract.UsageError(f"{out} already holds a report; choose another --out")
+        if (out / "runs").exists() and not (out / INTERRUPTED).exists():
+            raise contract.UsageError(
+                f"{out} holds the runs of another comparison; choose another --out"
+            )
         return out
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, i = ROOT / "reports" / stamp, 1
@@ -1031,9 +1043,48 @@ def mode_key(mode: Mode) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupts.require_linux("compare.py")
     args = parse_args(argv)
     runs = plan(args)
+    replace_interrupted(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    with interrupts.raised_on_signals():
+        try:
+            return compare(args, runs, argv)
+        except interrupts.Interrupted as stop:
+            return cut_short(stop, runs, args.out)
+        finally:  # an error too: no run outlives us
+            interrupts.end_all([r.pid for r in running(runs)])
+
+
+def replace_interrupted(out: Path) -> None:
+    """An interrupted comparison's folder (report_dir let it through): its runs make way."""
+    if (out / INTERRUPTED).exists():
+        for folder in (out / "runs", out / "logs"):
+            shutil.rmtree(folder, ignore_errors=True)
+        (out / INTERRUPTED).unlink()
+        print(f"compare.py: {out} held an interrupted comparison: its runs are replaced",
+              file=sys.stderr)  # fmt: skip
+
+
+def cut_short(stop: interrupts.Interrupted, runs: Sequence[Run], out: Path) -> int:
+    """End what runs, remove any part of the report, and say in one line what was cut short."""
+    going = running(runs)
+    interrupts.end_all([r.pid for r in going if r.pid is not None])
+    interrupts.remove(out / name for name in REPORT_FILES)
+    done = sum(r.exit_code is not None for r in runs)
+    line = (
+        f"compare.py: interrupted by {stop}: ended {len(going)} run(s) in progress"
+        + (f" ({', '.join(r.name for r in going)})" if going else "")
+        + f"; {done} of {len(runs)} finished; no report written"
+    )
+    (out / INTERRUPTED).write_text(line + "\n")
+    print(line, file=sys.stderr)
+    return stop.status
+
+
+def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | None) -> int:
+    """Run everything, check it, write the report; the exit status."""
     execute(runs, jobs=args.jobs, timeout=args.timeout)
     for run in runs:
         collect(run)

@@ -29,7 +29,6 @@ Writes reports/benchmark-<timestamp>/ (or --out): results.md, results.json and P
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -49,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
 import contract
+import interrupts
 import task
 from benchmarks import intervals
 
@@ -261,9 +261,7 @@ def execute_pair(runs: Sequence[BenchRun], timeout: float) -> None:
     try:
         time_by_turns(active, timeout)
     except BaseException:  # an interrupted benchmark leaves no stopped process behind
-        for pid in active:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        interrupts.end_all(active)
         raise
 
 
@@ -944,7 +942,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     return args
 
 
+RESULT_FILES = ("results.json", "results.md", *(f"{s}.png" for s in SECTIONS))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupts.require_linux("benchmarks/overhead.py")
     args = parse_args(argv)
     headline = args.repeats or (3 if args.quick else 6)
     sweep = args.sweep_repeats or (1 if args.quick else 2)
@@ -952,6 +954,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(args.sections, repeats, args.quick, out)
+    with interrupts.raised_on_signals():
+        try:
+            return benchmark(args, argv, repeats, runs, out)
+        except interrupts.Interrupted as stop:
+            going = compare.running(runs)
+            interrupts.end_all([r.pid for r in going if r.pid is not None])
+            interrupts.remove(out / name for name in RESULT_FILES)
+            done = sum(r.exit_code is not None for r in runs)
+            print(f"benchmarks/overhead.py: interrupted by {stop}: ended {len(going)} run(s) in "
+                  f"progress; {done} of {len(runs)} runs finished; no results written",
+                  file=sys.stderr)  # fmt: skip
+            return stop.status
+        finally:  # an error too: no run outlives us
+            interrupts.end_all([r.pid for r in compare.running(runs)])
+
+
+def benchmark(
+    args: Any, argv: Sequence[str] | None, repeats: dict[str, int], runs: list[BenchRun], out: Path
+) -> int:
+    """Every run, then the report; the exit status."""
     started, machine = time.perf_counter(), compare.machine()
     paired = [r for r in runs if r.pair]
     for first in range(0, len(paired), 2):
