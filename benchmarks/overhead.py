@@ -4,6 +4,11 @@
     python benchmarks/overhead.py --sections headline   # the split, 6 repeats: about 10 minutes
     python benchmarks/overhead.py --quick         # fewer points and repeats (headline: 3, 5 min)
 
+3 repeats give the median an interval that covers it 75 % of the time, so --quick's verdicts read
+"undecided": it is a look; 6 repeats (96.9 %) are the fewest that decide (benchmarks/intervals.py).
+Linux only (wait4, sched_setaffinity, /proc). Ctrl-C or SIGTERM ends every run it started, says
+what was cut short in one line, exits 130 / 143 and writes no results (interrupts.py).
+
 Every run is a runner's real entry point, started by compare.py's machinery: the same thread count
 for all (1, unless --threads), the same step timer (torch's global optimizer-step hook), its own
 process. The headline times its runs two at a time, time-sliced on one CPU (see SLICE_S); the other
@@ -925,7 +930,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument(
-        "--repeats", type=contract.positive_int, help="headline repeats (default 6; quick 3)"
+        "--repeats",
+        type=contract.positive_int,
+        help="headline repeats (default 6; quick 3: too few for a verdict)",
     )
     parser.add_argument("--sweep-repeats", type=contract.positive_int, help="other sections (2)")
     parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
