@@ -48,7 +48,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import signal
 import socket
 import statistics
@@ -84,7 +83,7 @@ REFERENCE = "torch"
 CPU_PRECISIONS = ("32-true", "bf16-mixed")
 ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 REPORT_FILES = ("report.json", "report.md", "curves.png", "step_time.png")
-INTERRUPTED = "interrupted.txt"  # an interrupted comparison's folder: --out may reuse it
+INTERRUPTED = interrupts.INTERRUPTED  # an interrupted comparison's folder: --out may reuse it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1046,7 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupts.require_linux("compare.py")
     args = parse_args(argv)
     runs = plan(args)
-    replace_interrupted(args.out)
+    interrupts.clear_interrupted(args.out, "compare.py")
     args.out.mkdir(parents=True, exist_ok=True)
     with interrupts.raised_on_signals():
         try:
@@ -1055,16 +1054,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cut_short(stop, runs, args.out)
         finally:  # an error too: no run outlives us
             interrupts.end_all([r.pid for r in running(runs)])
-
-
-def replace_interrupted(out: Path) -> None:
-    """An interrupted comparison's folder (report_dir let it through): its runs make way."""
-    if (out / INTERRUPTED).exists():
-        for folder in (out / "runs", out / "logs"):
-            shutil.rmtree(folder, ignore_errors=True)
-        (out / INTERRUPTED).unlink()
-        print(f"compare.py: {out} held an interrupted comparison: its runs are replaced",
-              file=sys.stderr)  # fmt: skip
 
 
 def cut_short(stop: interrupts.Interrupted, runs: Sequence[Run], out: Path) -> int:
@@ -1078,7 +1067,7 @@ def cut_short(stop: interrupts.Interrupted, runs: Sequence[Run], out: Path) -> i
         + (f" ({', '.join(r.name for r in going)})" if going else "")
         + f"; {done} of {len(runs)} finished; no report written"
     )
-    (out / INTERRUPTED).write_text(line + "\n")
+    interrupts.mark_interrupted(out, line)
     print(line, file=sys.stderr)
     return stop.status
 

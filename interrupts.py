@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from types import FrameType
 
 MARKER = "COMPARE_RUN_TAG"
 TAG = f"{os.getpid()}-{secrets.token_hex(4)}"  # this invocation's: set in every run's environment
+INTERRUPTED = "interrupted.txt"  # left in an interrupted command's --out: it may be reused
 END_WAIT_S = 10.0  # SIGKILL cannot be caught: this only bounds a process the kernel is slow to end
 
 
@@ -101,3 +103,19 @@ def remove(paths: Iterable[Path]) -> None:
     """A report cut short is removed, not left half-written."""
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def mark_interrupted(out: Path, line: str) -> None:
+    """The folder of an interrupted command: its runs are incomplete, --out may name it again."""
+    (out / INTERRUPTED).write_text(line + "\n")
+
+
+def clear_interrupted(out: Path, prog: str) -> None:
+    """A folder marked interrupted: its runs and logs make way for the new ones, said in a line."""
+    if (out / INTERRUPTED).exists():
+        for folder in (out / "runs", out / "logs"):
+            shutil.rmtree(folder, ignore_errors=True)
+        (out / INTERRUPTED).unlink()
+        print(
+            f"{prog}: {out} held an interrupted run of it: its runs are replaced", file=sys.stderr
+        )

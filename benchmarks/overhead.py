@@ -943,6 +943,12 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args = parser.parse_args(argv)
     if args.out is not None and (args.out / "results.json").exists():
         parser.error(f"{args.out} already holds results; choose another --out")
+    if (
+        args.out
+        and (args.out / "runs").exists()
+        and not (args.out / interrupts.INTERRUPTED).exists()
+    ):
+        parser.error(f"{args.out} holds the runs of another benchmark; choose another --out")
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out = compare.ROOT / "reports" / f"benchmark-{stamp}"
@@ -959,22 +965,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = args.sweep_repeats or (1 if args.quick else 2)
     repeats = {"headline": headline, "width": sweep, "samples": sweep, "ddp": sweep, "profile": 1}
     out = args.out.resolve()
+    interrupts.clear_interrupted(out, "benchmarks/overhead.py")
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(args.sections, repeats, args.quick, out)
     with interrupts.raised_on_signals():
         try:
             return benchmark(args, argv, repeats, runs, out)
         except interrupts.Interrupted as stop:
-            going = compare.running(runs)
-            interrupts.end_all([r.pid for r in going if r.pid is not None])
-            interrupts.remove(out / name for name in RESULT_FILES)
-            done = sum(r.exit_code is not None for r in runs)
-            print(f"benchmarks/overhead.py: interrupted by {stop}: ended {len(going)} run(s) in "
-                  f"progress; {done} of {len(runs)} runs finished; no results written",
-                  file=sys.stderr)  # fmt: skip
-            return stop.status
+            return cut_short(stop, runs, out)
         finally:  # an error too: no run outlives us
             interrupts.end_all([r.pid for r in compare.running(runs)])
+
+
+def cut_short(stop: interrupts.Interrupted, runs: Sequence[BenchRun], out: Path) -> int:
+    """End what runs, remove any part of the results, and say in one line what was cut short."""
+    going = compare.running(runs)
+    interrupts.end_all([r.pid for r in going if r.pid is not None])
+    interrupts.remove(out / name for name in RESULT_FILES)
+    done = sum(r.exit_code is not None for r in runs)
+    line = (
+        f"benchmarks/overhead.py: interrupted by {stop}: ended {len(going)} run(s) in progress; "
+        f"{done} of {len(runs)} runs finished; no results written"
+    )
+    interrupts.mark_interrupted(out, line)
+    print(line, file=sys.stderr)
+    return stop.status
 
 
 def benchmark(

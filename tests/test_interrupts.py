@@ -95,7 +95,7 @@ def test_ctrl_c_on_compare_ends_a_launcher_and_its_ranks(tmp_path: Path) -> None
     again = run([PYTHON, "compare.py", "--runners", "torch", "--epochs", "1", "--num-samples",
                  "320", "--out", str(out)])  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert "held an interrupted comparison" in again.stderr
+    assert "held an interrupted run of it: its runs are replaced" in again.stderr
     assert (out / "report.json").exists() and not (out / compare.INTERRUPTED).exists()
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["1p-32-true-acc1"]
 
@@ -110,7 +110,7 @@ def test_sigterm_on_the_benchmark_ends_the_pair_it_was_timing(tmp_path: Path) ->
     line = err.strip().splitlines()[-1]
     assert line.startswith("benchmarks/overhead.py: interrupted by SIGTERM: ended 2 run(s)"), err
     assert line.endswith("no results written")
-    assert sorted(p.name for p in out.iterdir()) == ["logs", "runs"]
+    assert sorted(p.name for p in out.iterdir()) == ["interrupted.txt", "logs", "runs"]
 
 
 def test_an_interrupted_comparison_folder_may_be_reused_another_not(tmp_path: Path) -> None:
@@ -136,3 +136,18 @@ def test_elsewhere_than_linux_a_one_line_refusal(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {script} needs Linux"), err
     assert not (tmp_path / "never").exists()
+
+
+def test_the_benchmark_reuses_an_interrupted_folder_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        overhead.parse_args(["--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "holds the runs of another benchmark" in capsys.readouterr().err
+    interrupts.mark_interrupted(tmp_path, "benchmarks/overhead.py: interrupted by SIGINT ...")
+    assert overhead.parse_args(["--out", str(tmp_path)]).out == tmp_path
+    interrupts.clear_interrupted(tmp_path, "benchmarks/overhead.py")
+    assert list(tmp_path.iterdir()) == []
+    assert "its runs are replaced" in capsys.readouterr().err
