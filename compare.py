@@ -462,11 +462,6 @@ def ended(run: Run, status: int, usage: resource.struct_rusage) -> None:
     run.pid = None
 
 
-def running(runs: Iterable[Run]) -> list[Run]:
-    """Runs started and not yet reaped: what an interrupt must end."""
-    return [r for r in runs if r.pid is not None]
-
-
 # ---------------------------------------------------------------------------------------------
 # What the runs said
 # ---------------------------------------------------------------------------------------------
@@ -1047,29 +1042,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = plan(args)
     interrupts.clear_interrupted(args.out, "compare.py")
     args.out.mkdir(parents=True, exist_ok=True)
-    with interrupts.raised_on_signals():
-        try:
-            return compare(args, runs, argv)
-        except interrupts.Interrupted as stop:
-            return cut_short(stop, runs, args.out)
-        finally:  # an error too: no run outlives us
-            interrupts.end_all([r.pid for r in running(runs)])
-
-
-def cut_short(stop: interrupts.Interrupted, runs: Sequence[Run], out: Path) -> int:
-    """End what runs, remove any part of the report, and say in one line what was cut short."""
-    going = running(runs)
-    interrupts.end_all([r.pid for r in going if r.pid is not None])
-    interrupts.remove(out / name for name in REPORT_FILES)
-    done = sum(r.exit_code is not None for r in runs)
-    line = (
-        f"compare.py: interrupted by {stop}: ended {len(going)} run(s) in progress"
-        + (f" ({', '.join(r.name for r in going)})" if going else "")
-        + f"; {done} of {len(runs)} finished; no report written"
+    return interrupts.guarded(
+        "compare.py", args.out, ("report", REPORT_FILES), runs, lambda: compare(args, runs, argv)
     )
-    interrupts.mark_interrupted(out, line)
-    print(line, file=sys.stderr)
-    return stop.status
 
 
 def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | None) -> int:

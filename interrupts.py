@@ -20,14 +20,25 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 MARKER = "COMPARE_RUN_TAG"
 TAG = f"{os.getpid()}-{secrets.token_hex(4)}"  # this invocation's: set in every run's environment
 INTERRUPTED = "interrupted.txt"  # left in an interrupted command's --out: it may be reused
 END_WAIT_S = 10.0  # SIGKILL cannot be caught: this only bounds a process the kernel is slow to end
+
+
+class Launched(Protocol):
+    """A run as compare.py keeps it: its pid while it runs, its exit code once reaped."""
+
+    pid: int | None
+    exit_code: int | None
+
+    @property
+    def name(self) -> str: ...
 
 
 class Interrupted(Exception):
@@ -119,3 +130,34 @@ def clear_interrupted(out: Path, prog: str) -> None:
         print(
             f"{prog}: {out} held an interrupted run of it: its runs are replaced", file=sys.stderr
         )
+
+
+def guarded(
+    prog: str,
+    out: Path,
+    report: tuple[str, Sequence[str]],
+    runs: Sequence[Launched],
+    body: Callable[[], int],
+) -> int:
+    """Run `body` (which starts `runs`, then writes the report's files into `out`); on SIGINT or
+    SIGTERM, end every run, remove any of the report, say so in one line and return 128 + the
+    signal. On any other way out, an error too, no run outlives us."""
+    with raised_on_signals():
+        try:
+            return body()
+        except Interrupted as stop:
+            going = [r for r in runs if r.pid is not None]
+            end_all([r.pid for r in going if r.pid is not None])
+            what, files = report
+            remove(out / name for name in files)
+            done = sum(r.exit_code is not None for r in runs)
+            names = f" ({', '.join(r.name for r in going)})" if going else ""
+            line = (
+                f"{prog}: interrupted by {stop}: ended {len(going)} run(s) in progress{names}; "
+                f"{done} of {len(runs)} finished; no {what} written"
+            )
+            mark_interrupted(out, line)
+            print(line, file=sys.stderr)
+            return stop.status
+        finally:
+            end_all([r.pid for r in runs if r.pid is not None])

@@ -971,28 +971,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupts.clear_interrupted(out, "benchmarks/overhead.py")
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(args.sections, repeats, args.quick, out)
-    with interrupts.raised_on_signals():
-        try:
-            return benchmark(args, argv, repeats, runs, out)
-        except interrupts.Interrupted as stop:
-            return cut_short(stop, runs, out)
-        finally:  # an error too: no run outlives us
-            interrupts.end_all([r.pid for r in compare.running(runs)])
-
-
-def cut_short(stop: interrupts.Interrupted, runs: Sequence[BenchRun], out: Path) -> int:
-    """End what runs, remove any part of the results, and say in one line what was cut short."""
-    going = compare.running(runs)
-    interrupts.end_all([r.pid for r in going if r.pid is not None])
-    interrupts.remove(out / name for name in RESULT_FILES)
-    done = sum(r.exit_code is not None for r in runs)
-    line = (
-        f"benchmarks/overhead.py: interrupted by {stop}: ended {len(going)} run(s) in progress; "
-        f"{done} of {len(runs)} runs finished; no results written"
-    )
-    interrupts.mark_interrupted(out, line)
-    print(line, file=sys.stderr)
-    return stop.status
+    return interrupts.guarded(
+        "benchmarks/overhead.py", out, ("results", RESULT_FILES), runs,
+        lambda: benchmark(args, argv, repeats, runs, out),
+    )  # fmt: skip
 
 
 def benchmark(
