@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
 import signal
 import socket
@@ -58,11 +57,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import contract
+import interrupts
 import parity
 import task
+
+if TYPE_CHECKING:
+    import resource  # Unix only: main() refuses elsewhere before anything needs it
 
 ROOT = Path(__file__).resolve().parent
 STEP_TIMER = ROOT / "benchmarks" / "steptimer"
@@ -79,9 +82,8 @@ MINIMAL = {
 REFERENCE = "torch"
 CPU_PRECISIONS = ("32-true", "bf16-mixed")
 ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
-
-# What compare.py sets beyond the task's knobs, and why. The report lists these.
-RUNNER_SETTINGS: dict[str, str] = {}  # none: every runner keeps its defaults, checkpoints too
+REPORT_FILES = ("report.json", "report.md", "curves.png", "step_time.png")
+INTERRUPTED = interrupts.INTERRUPTED  # an interrupted comparison's folder: --out may reuse it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class Run:
     wall_s: float | None = None  # the whole command, start-up included
     max_rss_kib: int | None = None
     started: float | None = None  # perf_counter at launch (CLOCK_MONOTONIC: same as the child's)
+    pid: int | None = None  # its process (group) while it runs; None before and once reaped
     metrics: dict[str, Any] | None = None
     steps: dict[str, Any] | None = None
     max_weight_diff: float | None = None  # against plain PyTorch in the same mode: reported
@@ -277,6 +280,7 @@ def child_env(run: Run, extra: dict[str, str]) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(pythonpath),
         "COMPARE_STEP_LOG": str(run.log_dir / "steps"),
         "PYTHONUNBUFFERED": "1",  # epoch lines reach the log (and the progress display) at once
+        interrupts.MARKER: interrupts.TAG,  # inherited by a launcher's ranks: see interrupts.py
     }
     return env | extra
 
@@ -419,7 +423,7 @@ def launch(run: Run) -> subprocess.Popen:
     ):
         run.started = time.perf_counter()
         # Its own session, so that a timeout can end the whole process tree that we started.
-        return subprocess.Popen(
+        process = subprocess.Popen(
             run.argv,
             cwd=ROOT,
             env=child_env(run, extra_env | run.env),
@@ -428,6 +432,8 @@ def launch(run: Run) -> subprocess.Popen:
             stderr=err,
             start_new_session=True,
         )
+    run.pid = process.pid
+    return process
 
 
 def reap(pid: int, run: Run, timeout: float) -> bool:
@@ -453,6 +459,7 @@ def ended(run: Run, status: int, usage: resource.struct_rusage) -> None:
     run.exit_code = os.waitstatus_to_exitcode(status)
     # ru_maxrss of a reaped child covers its reaped descendants: the largest single process.
     run.max_rss_kib = usage.ru_maxrss
+    run.pid = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,9 +832,6 @@ def write_report(out: Path, runs: Sequence[Run], config: dict[str, Any], lines: 
         "machine": machine(),
         "agree": agree,
         "verdict": lines,
-        "runner_settings": {
-            r: RUNNER_SETTINGS[r] for r in config["runners"] if r in RUNNER_SETTINGS
-        },
         "runs": [run_json(r) for r in runs],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -856,9 +860,6 @@ def markdown_report(report: dict[str, Any], runs: Sequence[Run]) -> str:
         "training loop (metrics.json).",
         "",
     ]
-    if report["runner_settings"]:
-        text += ["Settings compare.py chose:", ""]
-        text += [f"- {r}: {s}" for r, s in report["runner_settings"].items()] + [""]
     if extras := [r for r in runs if r.extra_args]:
         text += ["\\* extra arguments, so not the same task as the others:", ""]
         text += [f"- {r.name}: `{shlex.join(r.extra_args)}`" for r in extras] + [""]
@@ -994,10 +995,15 @@ def modes(args: argparse.Namespace) -> list[Mode]:
 
 
 def report_dir(out: Path | None) -> Path:
-    """An explicit folder must not hold a report yet; the default one is new every time."""
+    """An explicit folder must not hold a report or another comparison's runs yet (an
+    interrupted one's may be replaced); the default one is new every time."""
     if out is not None:
-        if (out / "report.json").exists() or (out / "runs").exists():
+        if (out / "report.json").exists():
             raise contract.UsageError(f"{out} already holds a report; choose another --out")
+        if (out / "runs").exists() and not (out / INTERRUPTED).exists():
+            raise contract.UsageError(
+                f"{out} holds the runs of another comparison; choose another --out"
+            )
         return out
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, i = ROOT / "reports" / stamp, 1
@@ -1031,9 +1037,18 @@ def mode_key(mode: Mode) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupts.require_linux("compare.py")
     args = parse_args(argv)
     runs = plan(args)
+    interrupts.clear_interrupted(args.out, "compare.py")
     args.out.mkdir(parents=True, exist_ok=True)
+    return interrupts.guarded(
+        "compare.py", args.out, ("report", REPORT_FILES), runs, lambda: compare(args, runs, argv)
+    )
+
+
+def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | None) -> int:
+    """Run everything, check it, write the report; the exit status."""
     execute(runs, jobs=args.jobs, timeout=args.timeout)
     for run in runs:
         collect(run)
