@@ -128,15 +128,24 @@ def check_precision(precision: str, on_cuda: bool) -> None:
         )
 
 
+# FSDP2 (torch's `fully_shard`): trains on CPU processes over gloo as on GPUs (FRAMEWORK_NOTES,
+# checked 2026-12-01). Lightning's `fsdp` (FSDP1) and DeepSpeed refuse the CPU in Lightning.
+FSDP2 = "fsdp2"
+
+
 def check_strategy(strategy: str, on_cuda: bool) -> None:
-    """DeepSpeed and FSDP shard over CUDA GPUs; refuse them elsewhere instead of falling back."""
+    """DeepSpeed and FSDP1 shard over CUDA GPUs; refuse them elsewhere instead of falling back.
+    FSDP2 runs anywhere."""
     name = strategy.lower()
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
         raise UsageError(
             f"strategy {strategy} needs the deepspeed package: pip install -e '.[deepspeed]'"
         )
+    if name == FSDP2:
+        return
     if ("deepspeed" in name or "fsdp" in name) and not on_cuda:
-        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use ddp")
+        cpu_choice = "ddp or fsdp2" if "fsdp" in name else "ddp"
+        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use {cpu_choice}")
 
 
 # ---------------------------------------------------------------------------------------------
