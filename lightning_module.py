@@ -22,12 +22,15 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 import contract
+import sharded
 import task
 from datamodule import TaskDataModule
 
@@ -134,6 +137,12 @@ class MLPClassifier(L.LightningModule):
             tqdm.write(contract.epoch_line(len(self.history) + 1, metrics))
         self.history.append(metrics)
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy (configs/lightning/fsdp2.yaml): the MLP sharded with FSDP2
+        over the data-parallel processes, where Lightning documents it (before the optimizer)."""
+        if self.device_mesh is not None and not isinstance(self.model, FSDPModule):
+            fully_shard(self.model, mesh=self.device_mesh["data_parallel"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -312,7 +321,8 @@ class TaskCLI(LightningCLI):
         if self.config.get("subcommand") != "fit" or self.config.fit.ckpt_path is None:
             return
         path = checkpoint_file(self.config.fit)
-        checkpoint = contract.load_checkpoint(path)  # tensors and plain values, explicitly
+        # A file, or a folder under ModelParallelStrategy: tensors and plain values, explicitly.
+        checkpoint = sharded.read_lightning_checkpoint(path)
         recorded = checkpoint.get("run_config", {})
         self._subcommand_parsers["fit"].set_defaults(
             {option: recorded[key] for key, option in CLI_OPTIONS.items() if key in recorded}
@@ -397,7 +407,8 @@ class TaskCLI(LightningCLI):
                 [contract.Setting("world_size", processes, trainer.world_size, None)],
                 self._recorded,
             )
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not isinstance(trainer.strategy, ModelParallelStrategy):  # it takes no CheckpointIO
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self.checkpoint = self._get(self.config_init, "checkpoint")
         self.checkpoint.record_run(self.run_config)
 
@@ -410,12 +421,15 @@ class TaskCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
+        # A full (unsharded) copy of the MLP's weights: a gather under FSDP2, so every rank asks.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model.model, options=options)
         if trainer.is_global_zero:
-            self._save_run(run_dir)
+            self._save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
         contract.end_distributed_run(trainer.world_size > 1)
 
-    def _save_run(self, run_dir: Path) -> None:
+    def _save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule
         record = contract.RunRecord(
             runner="lightning",
@@ -431,7 +445,7 @@ class TaskCLI(LightningCLI):
             config=self.run_config,
             epochs=module.history,
         )
-        contract.save_run(run_dir, record, module.model.state_dict())
+        contract.save_run(run_dir, record, model_state)
 
 
 class OneLineErrorParser(LightningArgumentParser):
