@@ -158,6 +158,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=module.history,
+            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer.optimizer),
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
         contract.save_run(run_dir, record, mlp_state)

@@ -257,10 +257,23 @@ class RunRecord:
     wall_clock_s: float
     config: dict[str, Any]  # the run's configuration, as its checkpoints record it
     epochs: list[dict[str, float]]
+    # Parameters + optimizer state held by rank 0 at the end (its shards under FSDP2).
+    state_bytes_per_process: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         fields = dict(vars(self), epochs=[{"epoch": i + 1, **m} for i, m in enumerate(self.epochs)])
         return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
+
+
+def state_bytes(parameters: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of parameters and optimizer state that this process holds: under FSDP2 its local
+    shards (a DTensor's `to_local()`), under DDP full copies. Gradients are freed by then."""
+    from torch.distributed.tensor import DTensor
+
+    held = [*parameters]
+    held += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in held]
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tensor]) -> None:

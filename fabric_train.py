@@ -205,6 +205,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=model.history,
+            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer),
         )
         contract.save_run(run_dir, record, model_state)
     fabric.barrier()  # every rank waits for rank 0's files

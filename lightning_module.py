@@ -444,6 +444,9 @@ class TaskCLI(LightningCLI):
             wall_clock_s=time.perf_counter() - self.checkpoint.train_start,
             config=self.run_config,
             epochs=module.history,
+            state_bytes_per_process=contract.state_bytes(
+                module.parameters(), trainer.optimizers[0]
+            ),
         )
         contract.save_run(run_dir, record, model_state)
 

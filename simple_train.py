@@ -183,6 +183,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=state["history"],
+            state_bytes_per_process=contract.state_bytes(raw_model.parameters(), optimizer),
         )
         contract.save_run(run_dir, record, model_state)
     if ddp:

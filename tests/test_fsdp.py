@@ -35,9 +35,10 @@ SHARDED_RUNNERS = ("torch", "fabric", "lightning")
 SEEDS = (1, 2)
 # 320 samples: 256 training (8 steps of 32 an epoch), 64 validation; 2 epochs = 16 steps.
 SIZE = {"num_samples": "320", "epochs": "2"}
-# Checkpoints every 7 steps: the kill after step 10 falls in epoch 2, after the checkpoint at
-# step 7 (epoch 1, batch 7): the resume starts mid-epoch from a sharded checkpoint.
-KILL_STEP = 10
+# Checkpoints every 7 steps and at each epoch's end (the Trainer: every 7 only): the kill after
+# step 15 falls in epoch 2, after the checkpoint at step 14 (epoch 2, batch 6), the newest: the
+# resume starts mid-epoch from a sharded checkpoint.
+KILL_STEP = 15
 
 
 def strategy_args(name: str, strategy: str) -> list[str]:
@@ -111,8 +112,9 @@ def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
     assert not (run_dir / "model.pt").exists()
     resume = [*strategy_args(name, "fsdp2"), *checkpoint_args(name), *resume_args(name)]
     result = runner.train(run_dir, 2, resume)
-    assert "epoch 2, batch 7, optimizer step 7" not in result.stdout  # 8 steps an epoch
-    assert "epoch 1, batch 7, optimizer step 7" in result.stdout, result.stdout
+    assert "resumed from" in result.stdout and "epoch 2, batch 6, optimizer step 14" in (
+        result.stdout
+    ), result.stdout
     uninterrupted = strategy_runs / name / f"fsdp2-{seed}"
     assert parity.bitwise_equal(load_weights(run_dir), load_weights(uninterrupted))
     assert_equals_replay(name, run_dir, setup_of(seed))
