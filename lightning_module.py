@@ -321,6 +321,8 @@ class TaskCLI(LightningCLI):
         if self.config.get("subcommand") != "fit" or self.config.fit.ckpt_path is None:
             return
         path = checkpoint_file(self.config.fit)
+        if contract.rank() == 0:  # a kill between a sharded folder's renames: the previous one
+            sharded.recover(path)
         # A file, or a folder under ModelParallelStrategy: tensors and plain values, explicitly.
         checkpoint = sharded.read_lightning_checkpoint(path)
         recorded = checkpoint.get("run_config", {})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -135,8 +136,7 @@ def swap_in(path: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
     if path.exists():
         path.rename(previous)
-    contract.inject_fault("swap-checkpoint", 1)  # the kill the resume tests aim between
-    partial_path(path).rename(path)
+    contract.commit_write(partial_path(path), path)  # fault point write-<name>:N before it
     shutil.rmtree(previous, ignore_errors=True)
 
 
@@ -145,3 +145,23 @@ def recover(path: Path) -> None:
     previous = path.with_name(f".previous_{path.name}")
     if not path.exists() and previous.is_dir():
         previous.rename(path)
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """The Trainer's ModelParallelStrategy (lightning 2.6.6), with complete-or-absent checkpoint
+    folders: Lightning rewrites a folder in place (DCP shards, then `.metadata`, then `meta.pt`),
+    so a kill mid-write could leave new shards beside the old position. Here every rank writes
+    into `partial_path`, and rank 0 swaps the folder in once all have written. The same job as
+    `AtomicCheckpointIO` for the other strategies, which this one does not use."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
+        path = Path(self.broadcast(filepath))
+        if self.is_global_zero:
+            shutil.rmtree(partial_path(path), ignore_errors=True)  # a write cut short by a kill
+        self.barrier()
+        super().save_checkpoint(checkpoint, partial_path(path), storage_options)
+        self.barrier()  # every rank's shard is written
+        if self.is_global_zero:
+            swap_in(path)

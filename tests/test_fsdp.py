@@ -120,6 +120,32 @@ def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
     assert_equals_replay(name, run_dir, setup_of(seed))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "fault", "resumed_at"),
+    [  # Fabric writes at steps 7, 8 (epoch end), 14; the Trainer at steps 7, 14
+        ("fabric", "write-last.ckpt:3", "epoch 2, batch 0, optimizer step 8"),
+        ("lightning", "write-last.ckpt:2", "epoch 1, batch 7, optimizer step 7"),
+    ],
+)
+def test_a_kill_while_swapping_in_a_sharded_checkpoint_keeps_the_previous_one(
+    name: str, fault: str, resumed_at: str, tmp_path: Path, strategy_runs: Path
+) -> None:
+    runner, run_dir, seed = Runner(name), tmp_path / "run", SEEDS[0]
+    args = [*strategy_args(name, "fsdp2"), *options(name, seed=str(seed), **SIZE)]
+    assert killed_run(runner, run_dir, 2, fault, args) != 0
+    checkpoints = run_dir / "checkpoints"
+    # Killed between the renames: the new folder written whole, the old one set aside.
+    assert (checkpoints / ".partial_last.ckpt" / ".metadata").exists()
+    assert (checkpoints / ".previous_last.ckpt" / sharded.META_FILE).exists()
+    assert not (checkpoints / "last.ckpt").exists()
+    resume = [*strategy_args(name, "fsdp2"), *checkpoint_args(name), *resume_args(name)]
+    result = runner.train(run_dir, 2, resume)
+    assert resumed_at in result.stdout, result.stdout
+    uninterrupted = strategy_runs / name / f"fsdp2-{seed}"
+    assert parity.bitwise_equal(load_weights(run_dir), load_weights(uninterrupted))
+
+
 # ---------------------------------------------------------------------------------------------
 # Accelerate: no FSDP on CPUs, refused by what it set up
 # ---------------------------------------------------------------------------------------------
