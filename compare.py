@@ -3,6 +3,7 @@
     python compare.py                                        # the four runners, 1 process each
     python compare.py --processes 1 2 --precision 32-true bf16-mixed --check
     python compare.py --runners torch fabric --extra-args "fabric=--seed 7" --check   # must fail
+    python compare.py --processes 2 --strategy ddp fsdp2 --check   # sharded beside DDP, on CPUs
 
 Each run is the runner's real entry point (`python simple_train.py ...`, `torchrun`, `accelerate
 launch`, ...) started as a subprocess with the same task settings, the same thread count and its
@@ -32,6 +33,11 @@ How the costs are measured (see docs/comparison.md):
 - start-up: from starting the command to the end of the first optimizer step.
 - peak RSS: the largest single process of the run (the kernel's max RSS, from wait4). For a
   multi-process run that is one rank or the launcher, not the sum; report.json lists each process.
+- state MiB/process: the parameters and optimizer state that rank 0 holds at the end, as the
+  runner records it in metrics.json (its shards under FSDP2, full copies under DDP).
+
+With --strategy fsdp2, Accelerate (no FSDP on CPUs) must refuse: the report shows it refused with
+its reason, and a run that trained instead disagrees (--check fails).
 
 Exit status: 0 done (and, with --check, the runners agree); 1 a run failed, or --check and the
 runners disagree; 2 bad input (one line on stderr).
@@ -600,6 +606,8 @@ def check_runs(runs: Sequence[Run]) -> None:
 def problems(run: Run, weights: dict[str, Any], references: References) -> list[str]:
     """Why a run does not count as the training it was asked for; empty when it does."""
     setup, found = run.setup, []
+    if run.expected_refusal:  # e.g. Accelerate trained plain DDP when FSDP was asked
+        found.append(f"it trained, where it must refuse: {run.expected_refusal}")
     replayed = references.get(setup, run.threads)
     run.reference_diff = parity.max_abs_diff(weights, replayed)
     if not parity.bitwise_equal(weights, replayed):

@@ -166,6 +166,20 @@ def test_fsdp2_mode_checks_the_sharded_run_and_shows_accelerate_refused(tmp_path
     assert "| state MiB/process |" in markdown and "| refused |" in markdown
 
 
+def test_accelerate_training_under_fsdp2_counts_as_a_disagreement(tmp_path: Path) -> None:
+    # Were Accelerate to train (plain DDP, as it does on CPUs when left alone), its weights could
+    # equal the replay: the run must still not count as agreeing.
+    settings = compare.TaskSettings(epochs=1, num_samples=320)
+    run = compare.Run("accelerate", compare.Mode(2, strategy="fsdp2"), settings, tmp_path, tmp_path)
+    torch.save(parity.replay(run.setup), tmp_path / "model.pt")
+    run.exit_code = 0
+    run.metrics = {"precision": "32-true", "world_size": 2, "accumulate_grad_batches": 1}
+    found = compare.problems(run, compare.load_weights(run), compare.References())
+    assert found and found[0].startswith("it trained, where it must refuse"), found
+    assert run.reference_diff == 0.0  # the weights alone would have passed
+    assert not run.refused_as_expected
+
+
 def test_fsdp2_commands_are_each_runners_own_spelling(tmp_path: Path) -> None:
     settings, mode = compare.TaskSettings(), compare.Mode(2, strategy="fsdp2")
     argv = {
