@@ -15,6 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import (
     PYTHON,
+    ROOT,
     Runner,
     assert_equals_replay,
     free_port,
@@ -169,7 +170,7 @@ def test_accelerate_would_fall_back_to_ddp_silently_and_is_refused(tmp_path: Pat
     DDP) without a word. The runner must refuse, naming what Accelerate set up. Should a later
     Accelerate set up FSDP on CPUs instead, this fails: then it trains, and the README's
     reason no longer holds."""
-    config = json.loads(Path("configs/accelerate/fsdp.json").read_text())
+    config = json.loads((ROOT / "configs/accelerate/fsdp.json").read_text())
     config |= {"use_cpu": True, "num_processes": 2}
     (tmp_path / "fsdp_cpu.json").write_text(json.dumps(config))
     command = [PYTHON, "-m", "accelerate.commands.launch", "--config_file",
@@ -212,3 +213,18 @@ def test_no_sharded_checkpoint_file_can_run_code(where: str, tmp_path: Path) -> 
         with pytest.raises(Exception):  # noqa: B017 (after it ran, it is no Metadata)
             dcp.FileSystemReader(folder).read_metadata()
         assert marker.exists()
+
+
+def test_the_trainer_config_is_lightnings_model_parallel_strategy_over_every_process() -> None:
+    import yaml
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    trainer = yaml.safe_load((ROOT / "configs/lightning/fsdp2.yaml").read_text())["trainer"]
+    module, name = trainer["strategy"]["class_path"].rsplit(".", 1)
+    assert issubclass(getattr(__import__(module), name), ModelParallelStrategy)
+    # Data parallel only, over every process: each holds a shard, none a tensor-parallel slice.
+    assert trainer["strategy"]["init_args"] == {
+        "data_parallel_size": trainer["devices"],
+        "tensor_parallel_size": 1,
+    }
+    assert "accelerator" not in trainer  # CPUs or GPUs, as --trainer.accelerator says
