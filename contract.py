@@ -265,10 +265,14 @@ class RunRecord:
         return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
 
 
-def state_bytes(parameters: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+def state_bytes(parameters: Iterable[torch.Tensor], optimizer: Any) -> int | None:
     """Bytes of parameters and optimizer state that this process holds: under FSDP2 its local
-    shards (a DTensor's `to_local()`), under DDP full copies. Gradients are freed by then."""
+    shards (a DTensor's `to_local()`), under DDP full copies. Gradients are freed by then.
+    None for an optimizer that is not torch's (DeepSpeed's keeps its state its own way)."""
     from torch.distributed.tensor import DTensor
+
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return None
 
     held = [*parameters]
     held += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]

@@ -21,7 +21,6 @@ import lightning as L
 import torch
 from lightning.fabric.loggers import CSVLogger
 from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy, Strategy
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 import contract
 import sharded
@@ -188,9 +187,7 @@ def main() -> None:
         save(fabric, checkpoint_path, {**state, **model.progress_state()})
 
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
-    # A full (unsharded) copy of the MLP's weights: a gather under FSDP2, so every rank calls it.
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model.model, options=options)
+    model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
     if fabric.is_global_zero:
         record = contract.RunRecord(
             runner="fabric",

@@ -23,7 +23,6 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -423,9 +422,7 @@ class TaskCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
-        # A full (unsharded) copy of the MLP's weights: a gather under FSDP2, so every rank asks.
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(self.model.model, options=options)
+        model_state = sharded.full_state_dict(self.model.model)  # a gather under FSDP2: all ranks
         if trainer.is_global_zero:
             self._save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files

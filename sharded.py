@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -165,3 +166,12 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         self.barrier()  # every rank's shard is written
         if self.is_global_zero:
             swap_in(path)
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's whole `state_dict` for model.pt: gathered from every rank under FSDP2 (a
+    collective: every rank must call it), the module's own otherwise."""
+    if not any(isinstance(unit, FSDPModule) for unit in module.modules()):
+        return module.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)
