@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.commands.config.config_args import default_config_file, load_config_from_file
 from accelerate.commands.launch import launch_command_parser
-from accelerate.utils import broadcast_object_list, load, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, load, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -69,9 +69,8 @@ def main() -> None:
     if checkpoint is not None:
         contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
     on_cuda = torch.cuda.is_available() and not args.cpu
-    for strategy in ("deepspeed", "fsdp"):  # set by `accelerate launch` from its config
-        if os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "false").lower() == "true":
-            contract.check_strategy(strategy, on_cuda)
+    if launched_with("deepspeed"):  # set by `accelerate launch` from its config
+        contract.check_strategy("deepspeed", on_cuda)
     accelerator = Accelerator(
         cpu=args.cpu,
         mixed_precision={ours: theirs for theirs, ours in PRECISIONS.items()}[config["precision"]],
@@ -80,6 +79,7 @@ def main() -> None:
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
     check_launch(accelerator)
+    check_fsdp(accelerator)
     processes = "accelerate launch --num_processes"
     config |= contract.settle_config(
         [contract.Setting("world_size", processes, accelerator.num_processes, None)], recorded
@@ -159,6 +159,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=module.history,
+            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer.optimizer),
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
         contract.save_run(run_dir, record, mlp_state)
@@ -233,6 +234,25 @@ def validate(model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.
     module.on_validation_epoch_start()
     for i, batch in enumerate(loader):
         module.validation_step(batch, i)  # no backward, so no need to pass through DDP
+
+
+def launched_with(strategy: str) -> bool:
+    """Whether `accelerate launch` was asked for DeepSpeed or FSDP (flag or config file)."""
+    return os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "false").lower() == "true"
+
+
+def check_fsdp(accelerator: Accelerator) -> None:
+    """FSDP asked for, judged by what Accelerate set up, not by what was asked: on CPUs (use_cpu,
+    --cpu) Accelerate 1.15 sets up MULTI_CPU, plain data parallel, and says nothing
+    (FRAMEWORK_NOTES, checked 2026-12-01). Checked after construction so that any other silent
+    fallback, now or in a later version, is refused the same way."""
+    if launched_with("fsdp") and accelerator.distributed_type != DistributedType.FSDP:
+        raise contract.UsageError(
+            f"FSDP was asked for, but Accelerate set up {accelerator.distributed_type.value} "
+            "(no sharding: it has no FSDP without CUDA GPUs); launch on CUDA GPUs, or shard on "
+            "CPUs with simple_train.py / fabric_train.py --strategy fsdp2 or the Trainer's "
+            "configs/lightning/fsdp2.yaml"
+        )
 
 
 def check_launch(accelerator: Accelerator) -> None:

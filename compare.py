@@ -3,6 +3,7 @@
     python compare.py                                        # the four runners, 1 process each
     python compare.py --processes 1 2 --precision 32-true bf16-mixed --check
     python compare.py --runners torch fabric --extra-args "fabric=--seed 7" --check   # must fail
+    python compare.py --processes 2 --strategy ddp fsdp2 --check   # sharded beside DDP, on CPUs
 
 Each run is the runner's real entry point (`python simple_train.py ...`, `torchrun`, `accelerate
 launch`, ...) started as a subprocess with the same task settings, the same thread count and its
@@ -32,6 +33,11 @@ How the costs are measured (see docs/comparison.md):
 - start-up: from starting the command to the end of the first optimizer step.
 - peak RSS: the largest single process of the run (the kernel's max RSS, from wait4). For a
   multi-process run that is one rank or the launcher, not the sum; report.json lists each process.
+- state MiB/process: the parameters and optimizer state that rank 0 holds at the end, as the
+  runner records it in metrics.json (its shards under FSDP2, full copies under DDP).
+
+With --strategy fsdp2, Accelerate (no FSDP on CPUs) must refuse: the report shows it refused with
+its reason, and a run that trained instead disagrees (--check fails).
 
 Exit status: 0 done (and, with --check, the runners agree); 1 a run failed, or --check and the
 runners disagree; 2 bad input (one line on stderr).
@@ -94,10 +100,12 @@ class Mode:
     processes: int = 1
     precision: str = "32-true"
     accumulate: int = 1
+    strategy: str = "ddp"  # how several processes train: ddp, or fsdp2 (sharded)
 
     @property
     def label(self) -> str:
         text = f"{self.processes} process" + ("es" if self.processes > 1 else "")
+        text += f", {self.strategy}" if self.strategy != "ddp" else ""
         if self.precision != "32-true":
             text += f", {self.precision}"
         return text + (f", accumulate {self.accumulate}" if self.accumulate > 1 else "")
@@ -148,6 +156,23 @@ class Run:
         if self.runner in MINIMAL:  # a minimal loop writes model.pt alone
             return self.exit_code == 0 and (self.run_dir / "model.pt").exists()
         return self.exit_code == 0 and self.metrics is not None
+
+    @property
+    def expected_refusal(self) -> str | None:
+        """Why this runner refuses this mode, when it must (and compare.py shows it so)."""
+        if self.runner == "accelerate" and self.mode.strategy == contract.FSDP2:
+            return "Accelerate has no FSDP on CPUs (an FSDP config with use_cpu trains DDP)"
+        return None
+
+    @property
+    def refused_as_expected(self) -> bool:
+        """It refused as it must: before training, with its one `error:` line, no model.pt."""
+        if self.expected_refusal is None or self.exit_code in (0, None):
+            return False
+        err = self.log_dir / "stderr.log"
+        lines = err.read_text().splitlines() if err.exists() else []
+        said = sum(line.startswith("error: ") for line in lines) == 1
+        return said and not (self.run_dir / "model.pt").exists()
 
     @property
     def agrees(self) -> bool | None:
@@ -240,9 +265,28 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         argv += ["--cpu", *flags, "--run-dir", str(run.run_dir)]
     else:
         raise ValueError(run.runner)
+    if run.mode.strategy == contract.FSDP2:
+        argv = fsdp2_command(run, argv, port)
     if port and run.runner in ("fabric", "lightning", "min-fabric", "min-lightning"):
         env["MASTER_PORT"] = port
     return [*argv, *run.extra_args], env
+
+
+def fsdp2_command(run: Run, argv: list[str], port: str | None) -> list[str]:
+    """The runner's DDP command, asking for FSDP2 as a user of that runner would."""
+    n = str(run.mode.processes)
+    if run.runner in ("torch", "fabric"):
+        return [*argv, "--strategy", contract.FSDP2]
+    if run.runner == "lightning":  # the config file, sized to the processes
+        at = argv.index("--trainer.strategy")
+        return [*argv[:at], "--config", "configs/lightning/fsdp2.yaml", "--trainer.devices", n,
+                "--trainer.strategy.init_args.data_parallel_size", n, *argv[at + 2 :]]  # fmt: skip
+    if run.runner == "accelerate":  # its FSDP2 config: refused on CPUs, shown as such
+        script = argv.index("accelerate_train.py")
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  "configs/accelerate/fsdp.json", "--num_processes", n]  # fmt: skip
+        return [*launch, "--main_process_port", str(port), *argv[script:]]
+    raise ValueError(run.runner)
 
 
 def minimal_command(run: Run, port: str | None) -> list[str]:
@@ -569,6 +613,8 @@ def check_runs(runs: Sequence[Run]) -> None:
 def problems(run: Run, weights: dict[str, Any], references: References) -> list[str]:
     """Why a run does not count as the training it was asked for; empty when it does."""
     setup, found = run.setup, []
+    if run.expected_refusal:  # e.g. Accelerate trained plain DDP when FSDP was asked
+        found.append(f"it trained, where it must refuse: {run.expected_refusal}")
     replayed = references.get(setup, run.threads)
     run.reference_diff = parity.max_abs_diff(weights, replayed)
     if not parity.bitwise_equal(weights, replayed):
@@ -609,7 +655,7 @@ def problems(run: Run, weights: dict[str, Any], references: References) -> list[
 COLUMNS = (
     "runner", "mode", "world size", "precision", "train loss", "val loss", "val acc",
     "max |Δw| vs torch", "Δw vs replay", "agrees", "total s", "train s", "step µs",
-    "step p25–p75 µs", "start-up s", "peak RSS MiB",
+    "step p25–p75 µs", "start-up s", "peak RSS MiB", "state MiB/process",
 )  # fmt: skip
 
 
@@ -623,6 +669,8 @@ def row(run: Run) -> dict[str, str]:
     flag = " *" if run.extra_args else ""  # extra arguments: not the same task as the others
     cells = dict.fromkeys(COLUMNS, "–")
     cells |= {"runner": run.runner + flag, "mode": run.mode.label}
+    if run.refused_as_expected:
+        return cells | {"agrees": "refused"}
     if not run.ok:
         return cells | {"agrees": f"FAILED (exit {run.exit_code})"}
     m, last = run.metrics, run.metrics["epochs"][-1]
@@ -640,6 +688,8 @@ def row(run: Run) -> dict[str, str]:
         "train s": f"{m['wall_clock_s']:.2f}",
         "peak RSS MiB": f"{run.max_rss_kib / 1024:.0f}",
     }
+    if (held := m.get("state_bytes_per_process")) is not None:
+        cells["state MiB/process"] = f"{held / 2**20:.2f}"
     if run.steps:
         cells["start-up s"] = f"{run.steps['startup_s']:.1f}"
         if (q := run.steps["steady_step_s"]) is not None:
@@ -666,10 +716,12 @@ RULE = (
 
 def verdict(runs: Sequence[Run]) -> tuple[bool, list[str]]:
     """Whether every run finished and matched its replay; the lines that say so plainly."""
-    failed = [r for r in runs if not r.ok]
+    failed = [r for r in runs if not r.ok and not r.refused_as_expected]
     unchecked = [r for r in runs if r.ok and r.agrees is None]
     off = [r for r in runs if r.agrees is False]
     lines = [RULE]
+    lines += [f"refused, as it must: {r.name}: {r.expected_refusal}" for r in runs
+              if r.refused_as_expected]  # fmt: skip
     lines += [f"FAILED: {r.name} exited with status {r.exit_code}; see {r.log_dir}" for r in failed]
     lines += [f"DISAGREE: {r.name}: {problem}" for r in off for problem in r.problems or []]
     lines += [
@@ -916,6 +968,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", nargs="+", type=contract.positive_int, default=[1])
     parser.add_argument("--precision", nargs="+", choices=contract.PRECISIONS, default=["32-true"])
     parser.add_argument("--accumulate", nargs="+", type=contract.positive_int, default=[1])
+    parser.add_argument(
+        "--strategy",
+        nargs="+",
+        choices=("ddp", contract.FSDP2),
+        default=["ddp"],
+        help="for several processes; fsdp2 shards parameters, gradients and optimizer state "
+        "(torch, Fabric, the Trainer; Accelerate has none on CPUs and is shown refused)",
+    )
     task_group = parser.add_argument_group("task (the same for every runner)")
     task_group.add_argument("--epochs", type=contract.positive_int, default=task.EPOCHS)
     task_group.add_argument("--num-samples", type=contract.positive_int, default=task.NUM_SAMPLES)
@@ -977,13 +1037,19 @@ def parse_extra_args(items: Sequence[str], runners: Sequence[str]) -> dict[str, 
 def modes(args: argparse.Namespace) -> list[Mode]:
     """Every combination asked for, refused here (not after minutes of runs) if a runner would."""
     result = []
-    for n, precision, k in itertools.product(args.processes, args.precision, args.accumulate):
+    combinations = itertools.product(args.processes, args.precision, args.accumulate, args.strategy)
+    for n, precision, k, strategy in combinations:
+        if strategy == contract.FSDP2 and (n == 1 or precision != "32-true" or k != 1):
+            raise contract.UsageError(
+                "--strategy fsdp2 is compared with 2 or more --processes, 32-true, no "
+                "accumulation (what its replay check covers)"
+            )
         if precision not in CPU_PRECISIONS:
             raise contract.UsageError(
                 f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed"
             )
         contract.micro_batch_size(args.batch_size, n, k, *contract.split_sizes(args.num_samples))
-        result.append(Mode(n, precision, k))
+        result.append(Mode(n, precision, k, strategy))
     if "raw" in args.runners and any(m != Mode(1, "32-true", 1) for m in result):
         raise contract.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
     if args.check and max(args.processes) > parity.MAX_BITWISE_PROCESSES:
@@ -1033,7 +1099,8 @@ def plan(args: argparse.Namespace) -> list[Run]:
 
 
 def mode_key(mode: Mode) -> str:
-    return f"{mode.processes}p-{mode.precision}-acc{mode.accumulate}"
+    key = f"{mode.processes}p-{mode.precision}-acc{mode.accumulate}"
+    return key + (f"-{mode.strategy}" if mode.strategy != "ddp" else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1068,13 +1135,13 @@ def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | Non
     write_report(args.out, runs, config, lines)
     print_table(runs, lines)
     print(f"Report: {args.out}/report.md (and report.json, curves.png, step_time.png)")
-    refused = [r for r in runs if r.exit_code == 2]
+    refused = [r for r in runs if r.exit_code == 2 and not r.refused_as_expected]
     for run in refused:
         last = (run.log_dir / "stderr.log").read_text().strip().splitlines() or ["(no message)"]
         print(f"error: {run.name} refused its input: {last[-1]}", file=sys.stderr)
     if refused:
         return 2
-    if any(not r.ok for r in runs):
+    if any(not r.ok and not r.refused_as_expected for r in runs):
         return 1
     return 1 if args.check and not agree else 0
 

@@ -135,15 +135,24 @@ def check_precision(precision: str, on_cuda: bool) -> None:
         )
 
 
+# FSDP2 (torch's `fully_shard`): trains on CPU processes over gloo as on GPUs (FRAMEWORK_NOTES,
+# checked 2026-12-01). Lightning's `fsdp` (FSDP1) and DeepSpeed refuse the CPU in Lightning.
+FSDP2 = "fsdp2"
+
+
 def check_strategy(strategy: str, on_cuda: bool) -> None:
-    """DeepSpeed and FSDP shard over CUDA GPUs; refuse them elsewhere instead of falling back."""
+    """DeepSpeed and FSDP1 shard over CUDA GPUs; refuse them elsewhere instead of falling back.
+    FSDP2 runs anywhere."""
     name = strategy.lower()
     if "deepspeed" in name and importlib.util.find_spec("deepspeed") is None:
         raise UsageError(
             f"strategy {strategy} needs the deepspeed package: pip install -e '.[deepspeed]'"
         )
+    if name == FSDP2:
+        return
     if ("deepspeed" in name or "fsdp" in name) and not on_cuda:
-        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use ddp")
+        cpu_choice = "ddp or fsdp2" if "fsdp" in name else "ddp"
+        raise UsageError(f"strategy {strategy} needs CUDA GPUs; on CPUs use {cpu_choice}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +265,27 @@ class RunRecord:
     wall_clock_s: float
     config: dict[str, Any]  # the run's configuration, as its checkpoints record it
     epochs: list[dict[str, float]]
+    # Parameters + optimizer state held by rank 0 at the end (its shards under FSDP2).
+    state_bytes_per_process: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         fields = dict(vars(self), epochs=[{"epoch": i + 1, **m} for i, m in enumerate(self.epochs)])
         return {"runner": fields.pop("runner"), "versions": framework_versions(), **fields}
+
+
+def state_bytes(parameters: Iterable[torch.Tensor], optimizer: Any) -> int | None:
+    """Bytes of parameters and optimizer state that this process holds: under FSDP2 its local
+    shards (a DTensor's `to_local()`), under DDP full copies. Gradients are freed by then.
+    None for an optimizer that is not torch's (DeepSpeed's keeps its state its own way)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+
+    held = [*parameters]
+    held += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in held]
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tensor]) -> None:

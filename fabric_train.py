@@ -2,6 +2,7 @@
 
     python fabric_train.py                                   # one device
     python fabric_train.py --devices 2                       # DDP: 2 x 16 = the same batch of 32
+    python fabric_train.py --devices 2 --strategy fsdp2      # FSDP2 (ModelParallelStrategy)
     fabric run --devices 2 fabric_train.py                   # the same, started by Fabric's CLI
 
 It drives the LightningModule (`training_step`, `validation_step`, its epoch-end hook) and the
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.loggers import CSVLogger
-from lightning.fabric.strategies import STRATEGY_REGISTRY
+from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy, Strategy
 
 import contract
+import sharded
 from datamodule import TaskDataModule
 from lightning_module import AtomicCheckpointIO, MLPClassifier
 from task_options import init_arguments
@@ -38,13 +41,29 @@ def parse_args() -> object:
         choices=STRATEGIES,
         default="auto",
         metavar="STRATEGY",
-        help="auto, ddp, deepspeed_stage_2, fsdp, ... (Lightning's registry)",
+        help="auto, ddp, fsdp2 (FSDP2, CPU too), deepspeed_stage_2, fsdp (FSDP1, GPUs), ... "
+        "(Lightning's registry, and fsdp2)",
     )
     parser.add_argument("--precision", choices=contract.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
 
 
-STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies())
+# fsdp2 is this runner's name for Lightning's ModelParallelStrategy with data parallelism only
+# (it has no registry name: it takes a parallelize_fn); Lightning's `fsdp` is FSDP1.
+STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), contract.FSDP2)
+
+
+def fabric_strategy(args: object) -> str | Strategy:
+    """The strategy Fabric is given: a registry name, or FSDP2 over every process."""
+    if args.strategy != contract.FSDP2:
+        return args.strategy
+    if args.devices == "auto":
+        raise contract.UsageError("--strategy fsdp2 shards over processes: give --devices N")
+    return ModelParallelStrategy(
+        parallelize_fn=sharded.shard_model,
+        data_parallel_size=args.devices * args.num_nodes,  # every process holds a shard
+        tensor_parallel_size=1,
+    )
 
 
 def devices(text: str) -> int | str:
@@ -60,7 +79,10 @@ def main() -> None:
     if args.resume:
         contract.check_run_dir(args.run_dir, resume=True)
         path = args.run_dir / "checkpoints" / "last.ckpt"
-        checkpoint = contract.load_checkpoint(path)
+        if contract.rank() == 0:
+            sharded.recover(path)
+        # A file, or a folder under fsdp2: every file read as tensors and plain values only.
+        checkpoint = sharded.read_lightning_checkpoint(path)
         checked = (path, checkpoint)
     recorded = None if checkpoint is None else checkpoint.get("config", {})
     precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets it
@@ -70,6 +92,11 @@ def main() -> None:
     if checkpoint is not None:
         contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
     strategy = os.environ.get("LT_STRATEGY", args.strategy)
+    if strategy == contract.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
+        raise contract.UsageError(
+            "fsdp2 is this script's strategy, not fabric run's: python fabric_train.py "
+            "--devices N --strategy fsdp2"
+        )
     if strategy not in STRATEGIES:  # `fabric run --strategy` is free text
         raise contract.UsageError(
             f"unknown strategy {strategy}; choose one of {', '.join(STRATEGIES)}"
@@ -82,12 +109,14 @@ def main() -> None:
         accelerator=args.accelerator,
         devices=args.devices,
         num_nodes=args.num_nodes,
-        strategy=args.strategy,
+        strategy=fabric_strategy(args),
         # Under `fabric run` the CLI's precision (already settled above) is the one.
         precision=None if "LT_PRECISION" in os.environ else config["precision"],
         # Complete checkpoints or none, with the usual file mode; and fabric.load below takes
         # the checkpoint read above, not the file again: the file checked is the file loaded.
-        plugins=AtomicCheckpointIO(checked),
+        # (ModelParallelStrategy writes its folders with torch.distributed.checkpoint, through
+        # no CheckpointIO; sharded.py reads them safely and swaps them in whole.)
+        plugins=None if args.strategy == contract.FSDP2 else AtomicCheckpointIO(checked),
         # --run-dir, else Lightning's own scheme: runs/fabric/version_N
         loggers=CSVLogger(args.run_dir, name="", version="")
         if args.run_dir
@@ -108,8 +137,11 @@ def main() -> None:
 
     fabric.seed_everything(args.seed)
     model = MLPClassifier(**init_arguments(MLPClassifier, args))
-    optimizer = model.configure_optimizers()
-    model, optimizer = fabric.setup(model, optimizer)
+    if args.strategy == contract.FSDP2:  # the optimizer over the sharded parameters, made after
+        model = fabric.setup_module(model)
+        optimizer = fabric.setup_optimizers(model.configure_optimizers())
+    else:
+        model, optimizer = fabric.setup(model, model.configure_optimizers())
     # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
     train_loader, val_loader = fabric.setup_dataloaders(
         data.train_dataloader(), data.val_dataloader()
@@ -152,14 +184,15 @@ def main() -> None:
                 state["steps"] += 1
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
-                    fabric.save(checkpoint_path, {**state, **model.progress_state()})
+                    save(fabric, checkpoint_path, {**state, **model.progress_state()})
                 contract.inject_fault("step", state["steps"])
         validate(fabric, model, val_loader)
         fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
         state.update(epoch=epoch + 1, batch=0)
-        fabric.save(checkpoint_path, {**state, **model.progress_state()})
+        save(fabric, checkpoint_path, {**state, **model.progress_state()})
 
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
+    model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
     if fabric.is_global_zero:
         record = contract.RunRecord(
             runner="fabric",
@@ -174,10 +207,27 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=model.history,
+            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer),
         )
-        contract.save_run(run_dir, record, model.model.state_dict())
+        contract.save_run(run_dir, record, model_state)
     fabric.barrier()  # every rank waits for rank 0's files
     contract.end_distributed_run(fabric.world_size > 1)
+
+
+def save(fabric: L.Fabric, path: Path, state: dict) -> None:
+    """fabric.save, complete or absent: one file through AtomicCheckpointIO, or under fsdp2 a
+    folder (torch.distributed.checkpoint, one file per rank) written beside, then swapped in."""
+    if not isinstance(fabric.strategy, ModelParallelStrategy):
+        fabric.save(path, state)
+        return
+    partial = sharded.partial_path(path)
+    if fabric.is_global_zero:
+        shutil.rmtree(partial, ignore_errors=True)  # a write cut short by a kill
+    fabric.barrier()
+    fabric.save(partial, state)
+    fabric.barrier()  # every rank's shard is written
+    if fabric.is_global_zero:
+        sharded.swap_in(path)
 
 
 @torch.no_grad()
@@ -187,6 +237,7 @@ def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.Da
     for i, batch in enumerate(loader):
         with fabric.autocast():  # as in training
             model.validation_step(batch, i)
+    sharded.reshard(model)  # FSDP2: back to shards, as a checkpoint expects
 
 
 if __name__ == "__main__":

@@ -26,13 +26,15 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 import contract
+import sharded
 import task
 from datamodule import TaskDataModule
 
@@ -151,6 +153,12 @@ class MLPClassifier(L.LightningModule):
             tqdm.write(contract.epoch_line(len(self.history) + 1, metrics))
         self.history.append(metrics)
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy (configs/lightning/fsdp2.yaml): the MLP sharded with FSDP2
+        over the data-parallel processes, where Lightning documents it (before the optimizer)."""
+        if self.device_mesh is not None and not isinstance(self.model, FSDPModule):
+            fully_shard(self.model, mesh=self.device_mesh["data_parallel"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -405,7 +413,10 @@ class TaskCLI(LightningCLI):
         if subcommand not in READS or self.config[subcommand].ckpt_path is None:
             return
         path = checkpoint_file(self.config[subcommand], subcommand)
-        checkpoint = contract.load_checkpoint(path)  # tensors and plain values, explicitly
+        if contract.rank() == 0:  # a kill between a sharded folder's renames: the previous one
+            sharded.recover(path)
+        # A file, or a folder under ModelParallelStrategy: tensors and plain values, explicitly.
+        checkpoint = sharded.read_lightning_checkpoint(path)
         recorded = checkpoint.get("run_config", {})
         options = cli_options(self.config[subcommand])
         self._subcommand_parsers[subcommand].set_defaults(
@@ -487,8 +498,7 @@ class TaskCLI(LightningCLI):
                 [contract.Setting("world_size", processes, trainer.world_size, None)],
                 self._recorded,
             )
-        # The Trainer's read of the checkpoint is the one made above: the file checked is loaded.
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO(getattr(self, "_checked", None))
+        hand_over_checked(trainer.strategy, getattr(self, "_checked", None))
         self.checkpoint = self._get(self.config_init, "checkpoint")
         self.checkpoint.record_run(self.run_config)
 
@@ -500,8 +510,7 @@ class TaskCLI(LightningCLI):
                 "folder: leave --trainer.logger.init_args.version out"
             )
         read_weights_only(self.config_init.validate)
-        # The Trainer restores the checkpoint checked on parsing, not the file read once more.
-        self.trainer.strategy.checkpoint_io = AtomicCheckpointIO(getattr(self, "_checked", None))
+        hand_over_checked(self.trainer.strategy, getattr(self, "_checked", None))
 
     def trainer_run_config(self) -> dict[str, Any]:
         """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
@@ -518,12 +527,13 @@ class TaskCLI(LightningCLI):
             for logger in trainer.loggers:
                 logger.save()
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
+        model_state = sharded.full_state_dict(self.model.model)  # a gather under FSDP2: all ranks
         if trainer.is_global_zero:
-            self._save_run(run_dir)
+            self._save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
         contract.end_distributed_run(trainer.world_size > 1)
 
-    def _save_run(self, run_dir: Path) -> None:
+    def _save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule
         record = contract.RunRecord(
             runner="lightning",
@@ -538,8 +548,11 @@ class TaskCLI(LightningCLI):
             wall_clock_s=time.perf_counter() - self.checkpoint.train_start,
             config=self.run_config,
             epochs=module.history,
+            state_bytes_per_process=contract.state_bytes(
+                module.parameters(), trainer.optimizers[0]
+            ),
         )
-        contract.save_run(run_dir, record, module.model.state_dict())
+        contract.save_run(run_dir, record, model_state)
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -547,6 +560,14 @@ class OneLineErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         contract.fail(" ".join(message.split()) + " (see --help)")
+
+
+def hand_over_checked(strategy: Any, checked: tuple[Path, dict[str, Any]] | None) -> None:
+    """The Trainer's read of a checkpoint file is the one made on parsing: the file checked is the
+    file loaded. ModelParallelStrategy takes no CheckpointIO: its folders were read whole, safely,
+    by sharded.read_lightning_checkpoint first."""
+    if not isinstance(strategy, ModelParallelStrategy):
+        strategy.checkpoint_io = AtomicCheckpointIO(checked)
 
 
 def read_weights_only(config: Any) -> None:

@@ -2,6 +2,7 @@
 
     python simple_train.py                                   # one device
     torchrun --nproc_per_node 2 simple_train.py              # DDP: 2 x 16 = the same batch of 32
+    torchrun --nproc_per_node 2 simple_train.py --strategy fsdp2   # FSDP2 (fully_shard), CPU too
 
 Needs torch alone (tqdm, if installed, draws the progress bar).
 """
@@ -24,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -39,7 +41,12 @@ def parse_args() -> object:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=contract.PRECISIONS, help="default: 32-true")
-    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
+    parser.add_argument(
+        "--strategy",
+        choices=("ddp", contract.FSDP2),
+        default="ddp",
+        help="under torchrun; fsdp2: torch's fully_shard (FSDP2), on CPUs (gloo) or GPUs",
+    )
     return parser.parse_args()
 
 
@@ -66,9 +73,9 @@ def main() -> None:
     args.precision = config["precision"]
     contract.check_precision(args.precision, device.type == "cuda")
     contract.check_strategy(args.strategy, device.type == "cuda")
-    if args.strategy == "fsdp" and not ddp:  # fully_shard needs torchrun's process group
+    if args.strategy == contract.FSDP2 and not ddp:  # fully_shard needs torchrun's processes
         raise contract.UsageError(
-            "--strategy fsdp shards over processes: start it with torchrun --nproc_per_node N"
+            "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
         )
     # The task's every argument, as given (or recorded): see contract.task_arguments.
     dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
@@ -83,8 +90,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = task.MLP(**init_arguments(task.MLP, args)).to(device)
     raw_model = model
-    if args.strategy == "fsdp":  # shards parameters, gradients and optimizer state over ranks
-        fully_shard(model)
+    if args.strategy == contract.FSDP2:  # parameters, gradients, optimizer state sharded
+        fully_shard(model, mesh=init_device_mesh(device.type, (world_size,)))
     elif ddp:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None
@@ -109,8 +116,10 @@ def main() -> None:
     state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}
     state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if checkpoint is not None:
+        # Every rank read the full state: each takes its own shard of it (all of it under DDP).
         set_state_dict(raw_model, optimizer, model_state_dict=checkpoint.pop("model"),
-                       optim_state_dict=checkpoint.pop("optimizer"))  # fmt: skip
+                       optim_state_dict=checkpoint.pop("optimizer"),
+                       options=StateDictOptions(full_state_dict=True))  # fmt: skip
         scaler.load_state_dict(checkpoint.pop("scaler"))
         state = {**checkpoint, "config": config}
         if master:
@@ -176,6 +185,7 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=state["history"],
+            state_bytes_per_process=contract.state_bytes(raw_model.parameters(), optimizer),
         )
         contract.save_run(run_dir, record, model_state)
     if ddp:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check. On one CUDA GPU: the four runners in fp32, bf16-mixed and fp16-mixed; DeepSpeed
-# ZeRO-2 and ZeRO-3 (Fabric, Trainer, Accelerate) where the deepspeed package is installed; FSDP
-# (all four). Every model.pt is compared with plain PyTorch's: max |diff| per runner and mode,
+# ZeRO-2 and ZeRO-3 (Fabric, Trainer, Accelerate) where the deepspeed package is installed; FSDP2
+# (all four) and Lightning's FSDP1 (Fabric, Trainer). It has never run on a GPU. Every model.pt is compared with plain PyTorch's: max |diff| per runner and mode,
 # a summary, exit status 1 if any check fails. Meant to finish well under 5 minutes.
 #
 #   scripts/gpu_check.sh                          # needs a CUDA GPU (uses the first one)
@@ -116,12 +116,18 @@ if [[ $DEVICE == cuda ]]; then
     else
         echo "SKIP DeepSpeed: the deepspeed package is not installed (pip install -e '.[deepspeed]')"
     fi
-    start fsdp torch "$PYTHON" -m torch.distributed.run --nproc_per_node 1 \
-        --master_port "$PORT" simple_train.py --strategy fsdp --run-dir "$OUT/fsdp/torch"
-    start fsdp fabric "$PYTHON" fabric_train.py --accelerator cuda --devices 1 --strategy fsdp \
-        --run-dir "$OUT/fsdp/fabric"
-    lightning fsdp --config configs/lightning/fsdp.yaml --trainer.devices 1
-    accelerate_launch fsdp configs/accelerate/fsdp.json
+    # FSDP2 (fully_shard), the project's FSDP: the same paths the CPU tests train on 2 processes.
+    start fsdp2 torch "$PYTHON" -m torch.distributed.run --nproc_per_node 1 \
+        --master_port "$PORT" simple_train.py --strategy fsdp2 --run-dir "$OUT/fsdp2/torch"
+    start fsdp2 fabric "$PYTHON" fabric_train.py --accelerator cuda --devices 1 \
+        --strategy fsdp2 --run-dir "$OUT/fsdp2/fabric"
+    lightning fsdp2 --config configs/lightning/fsdp2.yaml --trainer.accelerator gpu \
+        --trainer.devices 1 --trainer.strategy.init_args.data_parallel_size 1
+    accelerate_launch fsdp2 configs/accelerate/fsdp.json
+    # Lightning's FSDPStrategy (FSDP1), the other one, GPUs only.
+    start fsdp1 fabric "$PYTHON" fabric_train.py --accelerator cuda --devices 1 --strategy fsdp \
+        --run-dir "$OUT/fsdp1/fabric"
+    lightning fsdp1 --config configs/lightning/fsdp.yaml --trainer.devices 1
 fi
 wait
 echo "gpu_check: all runs ended after ${SECONDS}s; comparing"
@@ -146,7 +152,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # optimizer step code; not yet measured on a GPU, so these are first guesses).
 SAME_PRECISION_TOL = 1e-5
 VS_FP32 = {"bf16-mixed": (1e-6, 1e-2), "16-mixed": (1e-6, 2e-2)}
-STRATEGY_TOL = {"deepspeed_stage_2": 1e-4, "deepspeed_stage_3": 1e-4, "fsdp": 1e-5}
+STRATEGY_TOL = {"deepspeed_stage_2": 1e-4, "deepspeed_stage_3": 1e-4, "fsdp2": 1e-5, "fsdp1": 1e-5}
 
 
 def load(mode: str, runner: str) -> tuple[dict | None, str]:

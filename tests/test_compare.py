@@ -145,10 +145,60 @@ def test_two_processes_in_both_groupings(tmp_path: Path) -> None:
     assert "computed in float64 the two groupings are" in result.stdout
 
 
+@pytest.mark.slow
+def test_fsdp2_mode_checks_the_sharded_run_and_shows_accelerate_refused(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    two = ["--runners", "torch", "accelerate", "--processes", "2", "--strategy", "fsdp2"]
+    result = run_compare(
+        "--epochs", "1", "--num-samples", "320", *two, "--check", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    torch_run, accelerate = report["runs"]
+    assert "--strategy fsdp2" in torch_run["command"]
+    assert torch_run["reference_diff"] == 0.0 and torch_run["agrees"] is True
+    held = torch_run["metrics"]["state_bytes_per_process"]
+    # 418 float32 parameters + Adam's two moments, halved by sharding (+ Adam's step counters)
+    assert 418 * 3 * 4 / 2 <= held < 418 * 3 * 4
+    assert accelerate["exit_code"] != 0 and not Path(accelerate["run_dir"], "model.pt").exists()
+    assert "refused, as it must: accelerate (2 processes, fsdp2)" in result.stdout
+    markdown = (out / "report.md").read_text()
+    assert "| state MiB/process |" in markdown and "| refused |" in markdown
+
+
+def test_accelerate_training_under_fsdp2_counts_as_a_disagreement(tmp_path: Path) -> None:
+    # Were Accelerate to train (plain DDP, as it does on CPUs when left alone), its weights could
+    # equal the replay: the run must still not count as agreeing.
+    settings = compare.TaskSettings(epochs=1, num_samples=320)
+    run = compare.Run("accelerate", compare.Mode(2, strategy="fsdp2"), settings, tmp_path, tmp_path)
+    torch.save(parity.replay(run.setup), tmp_path / "model.pt")
+    run.exit_code = 0
+    run.metrics = {"precision": "32-true", "world_size": 2, "accumulate_grad_batches": 1}
+    found = compare.problems(run, compare.load_weights(run), compare.References())
+    assert found and found[0].startswith("it trained, where it must refuse"), found
+    assert run.reference_diff == 0.0  # the weights alone would have passed
+    assert not run.refused_as_expected
+
+
+def test_fsdp2_commands_are_each_runners_own_spelling(tmp_path: Path) -> None:
+    settings, mode = compare.TaskSettings(), compare.Mode(2, strategy="fsdp2")
+    argv = {
+        name: " ".join(compare.command(compare.Run(name, mode, settings, tmp_path, tmp_path))[0])
+        for name in ("torch", "fabric", "lightning", "accelerate")
+    }
+    assert "torch.distributed.run" in argv["torch"] and argv["torch"].endswith("--strategy fsdp2")
+    assert "--devices 2" in argv["fabric"] and argv["fabric"].endswith("--strategy fsdp2")
+    assert "--config configs/lightning/fsdp2.yaml --trainer.devices 2" in argv["lightning"]
+    assert "--trainer.strategy.init_args.data_parallel_size 2" in argv["lightning"]
+    assert "--trainer.strategy ddp" not in argv["lightning"]
+    assert "--config_file configs/accelerate/fsdp.json --num_processes 2" in argv["accelerate"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--processes", "3"], "not divisible by 3 process(es)"),
+        (["--strategy", "fsdp2"], "fsdp2 is compared with 2 or more --processes"),
         (["--processes", "4", "--check"], "bit for bit with up to 2 processes"),
         *(
             pytest.param(*case, marks=pytest.mark.slow)

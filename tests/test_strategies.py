@@ -5,7 +5,7 @@
 - Accumulation: K micro-batches per optimizer step equal the replay of that arithmetic, on one
   process (2 x 16) and on two (2 processes x 2 micro-batches x 8, sharded by Accelerate,
   interleaved by the others); test_parity.py shows in float64 that it is the 1 x 32 training.
-- Refusals: fp16 on a CPU, DeepSpeed / FSDP without CUDA and a missing deepspeed package end
+- Refusals: fp16 on a CPU, DeepSpeed / FSDP1 without CUDA and a missing deepspeed package end
   before training with exit status 2, one "error: ..." line and no `model.pt`.
 
 Every run is a subprocess of a real entry point. Independent single-process runs go two at a
@@ -176,8 +176,12 @@ DIRECT_REFUSALS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...], b
         )
         for r in RUNNERS
     },
-    "fsdp-torch": (lambda d: Runner("torch").command(d, 1, ["--strategy", "fsdp"]),
-                   ("fsdp", "CUDA"), False),
+    # FSDP2 shards over processes: one process is refused (it trains on CPUs: test_fsdp.py).
+    "fsdp2-torch-one-process": (lambda d: Runner("torch").command(d, 1, ["--strategy", "fsdp2"]),
+                                ("fsdp2", "torchrun"), False),
+    "fsdp2-fabric-auto-devices": (
+        lambda d: [PYTHON, "fabric_train.py", "--strategy", "fsdp2", "--run-dir", str(d)],
+        ("fsdp2", "--devices N"), False),
     "fsdp-fabric": (lambda d: Runner("fabric").command(d, 1, ["--strategy", "fsdp"]),
                     ("fsdp", "CUDA"), False),
     "fsdp-lightning": (trainer("--trainer.strategy", "fsdp"), ("fsdp", "CUDA"), False),
