@@ -139,6 +139,7 @@ class Run:
     max_rss_kib: int | None = None
     started: float | None = None  # perf_counter at launch (CLOCK_MONOTONIC: same as the child's)
     pid: int | None = None  # its process (group) while it runs; None before and once reaped
+    launching: bool = False  # being started: an interrupt now still counts (and ends) it
     metrics: dict[str, Any] | None = None
     steps: dict[str, Any] | None = None
     max_weight_diff: float | None = None  # against plain PyTorch in the same mode: reported
@@ -466,6 +467,7 @@ def launch(run: Run) -> subprocess.Popen:
         open(run.log_dir / "stderr.log", "w") as err,
     ):
         run.started = time.perf_counter()
+        run.launching = True  # until its pid is kept: a signal may arrive inside Popen
         # Its own session, so that a timeout can end the whole process tree that we started.
         process = subprocess.Popen(
             run.argv,
@@ -476,7 +478,7 @@ def launch(run: Run) -> subprocess.Popen:
             stderr=err,
             start_new_session=True,
         )
-    run.pid = process.pid
+    run.pid, run.launching = process.pid, False
     return process
 
 

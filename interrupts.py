@@ -36,6 +36,7 @@ class Launched(Protocol):
 
     pid: int | None
     exit_code: int | None
+    launching: bool  # its Popen under way: the process may exist, its pid not yet kept
 
     @property
     def name(self) -> str: ...
@@ -146,7 +147,8 @@ def guarded(
         try:
             return body()
         except Interrupted as stop:
-            going = [r for r in runs if r.pid is not None]
+            # A run being launched counts too: the tag sweep in end_all ends its process.
+            going = [r for r in runs if r.pid is not None or r.launching]
             end_all([r.pid for r in going if r.pid is not None])
             what, files = report
             remove(out / name for name in files)
