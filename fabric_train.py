@@ -39,7 +39,7 @@ def parse_args() -> object:
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="auto",
+        default=None,  # left out: auto, or the checkpoint's on --resume
         metavar="STRATEGY",
         help="auto, ddp, fsdp2 (FSDP2, CPU too), deepspeed_stage_2, fsdp (FSDP1, GPUs), ... "
         "(Lightning's registry, and fsdp2)",
@@ -85,13 +85,17 @@ def main() -> None:
         checkpoint = sharded.read_lightning_checkpoint(path)
         checked = (path, checkpoint)
     recorded = None if checkpoint is None else checkpoint.get("config", {})
-    precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets it
+    precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets these
+    strategy = os.environ.get("LT_STRATEGY", args.strategy)
     config = contract.settle_args(
-        args, recorded, contract.Setting("precision", "--precision", precision, "32-true")
+        args,
+        recorded,
+        contract.Setting("precision", "--precision", precision, "32-true"),
+        contract.Setting("strategy", "--strategy", strategy, "auto"),
     )
+    args.strategy = strategy = config["strategy"]
     if checkpoint is not None:
         contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
-    strategy = os.environ.get("LT_STRATEGY", args.strategy)
     if strategy == contract.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
         raise contract.UsageError(
             "fsdp2 is this script's strategy, not fabric run's: python fabric_train.py "

@@ -44,8 +44,7 @@ def parse_args() -> object:
     parser.add_argument(
         "--strategy",
         choices=("ddp", contract.FSDP2),
-        default="ddp",
-        help="under torchrun; fsdp2: torch's fully_shard (FSDP2), on CPUs (gloo) or GPUs",
+        help="default: ddp; under torchrun; fsdp2: torch's fully_shard (FSDP2), CPUs or GPUs",
     )
     return parser.parse_args()
 
@@ -66,8 +65,10 @@ def main() -> None:
         args,
         None if checkpoint is None else checkpoint.pop("config", {}),
         contract.Setting("precision", "--precision", args.precision, "32-true"),
+        contract.Setting("strategy", "--strategy", args.strategy, "ddp"),
         contract.Setting("world_size", "processes", world_size, world_size),
     )
+    args.strategy = config["strategy"]
     if checkpoint is not None:
         contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
     args.precision = config["precision"]

@@ -111,7 +111,14 @@ def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
     args = [*strategy_args(name, "fsdp2"), *options(name, seed=str(seed), **SIZE)]
     assert killed_run(runner, run_dir, 2, f"step:{KILL_STEP}", args) != 0
     assert not (run_dir / "model.pt").exists()
-    resume = [*strategy_args(name, "fsdp2"), *checkpoint_args(name), *resume_args(name)]
+    if name != "lightning":  # the strategy is part of the run: another one is refused
+        other = ["--strategy", "ddp", *checkpoint_args(name), *resume_args(name)]
+        refused = run(runner.command(run_dir, 2, other), run_env(MASTER_PORT=str(free_port())))
+        assert refused.returncode != 0, refused.stdout
+        assert "error: --strategy ddp contradicts the checkpoint" in refused.stderr, refused.stderr
+    resume = [*checkpoint_args(name), *resume_args(name)]  # the strategy: the checkpoint's
+    if name == "lightning":  # the Trainer's config file holds the strategy, not its checkpoint
+        resume = [*strategy_args(name, "fsdp2"), *resume]
     result = runner.train(run_dir, 2, resume)
     assert "resumed from" in result.stdout and "epoch 2, batch 6, optimizer step 14" in (
         result.stdout
@@ -140,7 +147,14 @@ def test_a_kill_while_swapping_in_a_sharded_checkpoint_keeps_the_previous_one(
     assert (checkpoints / ".partial_last.ckpt" / ".metadata").exists()
     assert (checkpoints / ".previous_last.ckpt" / sharded.META_FILE).exists()
     assert not (checkpoints / "last.ckpt").exists()
-    resume = [*strategy_args(name, "fsdp2"), *checkpoint_args(name), *resume_args(name)]
+    if name != "lightning":  # the strategy is part of the run: another one is refused
+        other = ["--strategy", "ddp", *checkpoint_args(name), *resume_args(name)]
+        refused = run(runner.command(run_dir, 2, other), run_env(MASTER_PORT=str(free_port())))
+        assert refused.returncode != 0, refused.stdout
+        assert "error: --strategy ddp contradicts the checkpoint" in refused.stderr, refused.stderr
+    resume = [*checkpoint_args(name), *resume_args(name)]  # the strategy: the checkpoint's
+    if name == "lightning":  # the Trainer's config file holds the strategy, not its checkpoint
+        resume = [*strategy_args(name, "fsdp2"), *resume]
     result = runner.train(run_dir, 2, resume)
     assert resumed_at in result.stdout, result.stdout
     uninterrupted = strategy_runs / name / f"fsdp2-{seed}"
