@@ -154,6 +154,19 @@ without_cuda = pytest.mark.skipif(
 )
 
 
+# The strategy a hand-written runner records with its run (a resume may not change it); the
+# Trainer's lives in its config file and Accelerate's in its launch, neither in the record.
+RECORDED_STRATEGY = {"torch": "ddp", "fabric": "auto"}
+
+
+def task_config(name: str, config: dict) -> dict:
+    """A run's recorded configuration less its runner's own strategy (checked to be the
+    runner's default): what the four runners record alike."""
+    config = dict(config)
+    assert config.pop("strategy", None) == RECORDED_STRATEGY.get(name), (name, config)
+    return config
+
+
 def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "model.pt", weights_only=True)
 

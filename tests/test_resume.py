@@ -30,6 +30,7 @@ from conftest import (
     run,
     run_env,
     shared_runs,
+    task_config,
 )  # fmt: skip
 
 import contract
@@ -134,8 +135,10 @@ def test_sigkill_mid_epoch_then_resume_alone_matches_an_uninterrupted_run(
         assert_equals_replay(name, run_dir, setup)
     resumed, uninterrupted = load_metrics(run_dir), load_metrics(configured_reference)
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == 125
-    expected = uninterrupted["config"] | {"world_size": processes, "checkpoint_every": EVERY}
-    assert resumed["config"] == expected  # the resume alone kept checkpointing as recorded
+    expected = task_config("torch", uninterrupted["config"])  # the reference is plain PyTorch's
+    expected |= {"world_size": processes, "checkpoint_every": EVERY}
+    # The resume alone kept checkpointing as recorded, and the runner's strategy.
+    assert task_config(name, resumed["config"]) == expected
     for ours_epoch, ref in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):  # the interrupted epoch included
             assert ours_epoch[key] == pytest.approx(ref[key], abs=1e-6), (ours_epoch["epoch"], key)
