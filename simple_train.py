@@ -78,7 +78,7 @@ def main() -> None:
         raise contract.UsageError(
             "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
         )
-    # The task's every argument, as given (or recorded): see contract.task_arguments.
+    # The task's every argument, as given (or recorded): see task_options.task_arguments.
     dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
     train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
     micro_batch = contract.micro_batch_size(

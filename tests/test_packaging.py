@@ -70,3 +70,13 @@ def test_every_imported_package_is_declared() -> None:
         if dist not in with_tests
     }
     assert not missing, f"imported by the tests, not in dependencies or the test extra: {missing}"
+
+
+def test_every_top_level_module_is_installed() -> None:
+    """`pip install .` installs the modules listed in py-modules alone: a module left out works
+    from the checkout and is missing from the installed commands (sharded and interrupts were)."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+    )
+    on_disk = {p.stem for p in ROOT.glob("*.py")}
+    assert on_disk == listed, f"missing: {on_disk - listed}, gone: {listed - on_disk}"
