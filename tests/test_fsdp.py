@@ -8,6 +8,7 @@ Every training run is a real entry point in a subprocess, two processes, small s
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,22 @@ def test_fsdp2_equals_ddp_and_the_replay(name: str, seed: int, strategy_runs: Pa
         ]
 
 
+def resume_alone(runner: Runner, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Resume a killed FSDP2 run with the resume option alone, after checking that another
+    strategy is refused: the strategy is part of the run (the Trainer's lives in its config
+    file, not in its checkpoint, so it is given again)."""
+    name = runner.name
+    if name != "lightning":
+        other = ["--strategy", "ddp", *checkpoint_args(name), *resume_args(name)]
+        refused = run(runner.command(run_dir, 2, other), run_env(MASTER_PORT=str(free_port())))
+        assert refused.returncode != 0, refused.stdout
+        assert "error: --strategy ddp contradicts the checkpoint" in refused.stderr, refused.stderr
+    resume = [*checkpoint_args(name), *resume_args(name)]  # the strategy: the checkpoint's
+    if name == "lightning":
+        resume = [*strategy_args(name, "fsdp2"), *resume]
+    return runner.train(run_dir, 2, resume)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARDED_RUNNERS)
 def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
@@ -111,15 +128,7 @@ def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
     args = [*strategy_args(name, "fsdp2"), *options(name, seed=str(seed), **SIZE)]
     assert killed_run(runner, run_dir, 2, f"step:{KILL_STEP}", args) != 0
     assert not (run_dir / "model.pt").exists()
-    if name != "lightning":  # the strategy is part of the run: another one is refused
-        other = ["--strategy", "ddp", *checkpoint_args(name), *resume_args(name)]
-        refused = run(runner.command(run_dir, 2, other), run_env(MASTER_PORT=str(free_port())))
-        assert refused.returncode != 0, refused.stdout
-        assert "error: --strategy ddp contradicts the checkpoint" in refused.stderr, refused.stderr
-    resume = [*checkpoint_args(name), *resume_args(name)]  # the strategy: the checkpoint's
-    if name == "lightning":  # the Trainer's config file holds the strategy, not its checkpoint
-        resume = [*strategy_args(name, "fsdp2"), *resume]
-    result = runner.train(run_dir, 2, resume)
+    result = resume_alone(runner, run_dir)
     assert "resumed from" in result.stdout and "epoch 2, batch 6, optimizer step 14" in (
         result.stdout
     ), result.stdout
@@ -147,15 +156,7 @@ def test_a_kill_while_swapping_in_a_sharded_checkpoint_keeps_the_previous_one(
     assert (checkpoints / ".partial_last.ckpt" / ".metadata").exists()
     assert (checkpoints / ".previous_last.ckpt" / sharded.META_FILE).exists()
     assert not (checkpoints / "last.ckpt").exists()
-    if name != "lightning":  # the strategy is part of the run: another one is refused
-        other = ["--strategy", "ddp", *checkpoint_args(name), *resume_args(name)]
-        refused = run(runner.command(run_dir, 2, other), run_env(MASTER_PORT=str(free_port())))
-        assert refused.returncode != 0, refused.stdout
-        assert "error: --strategy ddp contradicts the checkpoint" in refused.stderr, refused.stderr
-    resume = [*checkpoint_args(name), *resume_args(name)]  # the strategy: the checkpoint's
-    if name == "lightning":  # the Trainer's config file holds the strategy, not its checkpoint
-        resume = [*strategy_args(name, "fsdp2"), *resume]
-    result = runner.train(run_dir, 2, resume)
+    result = resume_alone(runner, run_dir)
     assert resumed_at in result.stdout, result.stdout
     uninterrupted = strategy_runs / name / f"fsdp2-{seed}"
     assert parity.bitwise_equal(load_weights(run_dir), load_weights(uninterrupted))
