@@ -28,10 +28,10 @@ from accelerate.utils import DistributedType, broadcast_object_list, load, set_s
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import contract
 from datamodule import TaskDataModule
+from fourways import contract
+from fourways.task_options import init_arguments
 from lightning_module import MLPClassifier
-from task_options import init_arguments
 
 
 def parse_args() -> object:

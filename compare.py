@@ -65,10 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import contract
-import interrupts
-import parity
-import task
+from fourways import contract, interrupts, parity, task
 
 if TYPE_CHECKING:
     import resource  # Unix only: main() refuses elsewhere before anything needs it

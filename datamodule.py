@@ -9,8 +9,7 @@ from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveIn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-import contract
-import task
+from fourways import contract, task
 
 # torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")

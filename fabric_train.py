@@ -22,11 +22,10 @@ import torch
 from lightning.fabric.loggers import CSVLogger
 from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy, Strategy
 
-import contract
-import sharded
 from datamodule import TaskDataModule
+from fourways import contract, sharded
+from fourways.task_options import init_arguments
 from lightning_module import AtomicCheckpointIO, MLPClassifier
-from task_options import init_arguments
 
 
 def parse_args() -> object:

@@ -33,10 +33,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
-import contract
-import sharded
-import task
 from datamodule import TaskDataModule
+from fourways import contract, sharded, task
 
 # Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
 # seed and the device. Bad input then leaves one line on stderr, as the contract asks.

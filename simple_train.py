@@ -30,9 +30,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-import contract
-import task
-from task_options import init_arguments
+from fourways import contract, task
+from fourways.task_options import init_arguments
 
 
 def parse_args() -> object:

@@ -52,10 +52,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
-import contract
-import interrupts
-import task
 from benchmarks import intervals
+from fourways import contract, interrupts, task
 
 RUNNERS = ("raw", "torch", "fabric", "accelerate", "lightning")
 FRAMEWORKS = ("fabric", "accelerate", "lightning")

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for task.py
-import contract
-import task
-from task_options import init_arguments
+from fourways import contract, task
+from fourways.task_options import init_arguments
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import task
+from fourways import task
 
 # Lightning's start-up lines (devices found, a "Tip") and a deprecation warning raised inside
 # Lightning 2.6 by torch 2.13: noise for this run, as the full Trainer runner keeps it away.

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import task
+from fourways import task
 
 
 def main() -> None:

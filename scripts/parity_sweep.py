@@ -26,8 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import parity  # noqa: E402
-import task  # noqa: E402
+from fourways import parity, task  # noqa: E402
 
 SEEDS = (42, 1, 2, 3, 4)
 SIZES = (320, task.NUM_SAMPLES, 20 * task.NUM_SAMPLES)

@@ -24,12 +24,10 @@ from filelock import FileLock
 from torch.utils.data import RandomSampler
 
 import accelerate_train
-import contract
 import fabric_train
 import lightning_module
-import parity
 import simple_train
-import task
+from fourways import contract, parity, task
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import compare
-import parity
-import task
+from fourways import parity, task
 
 
 def validation_terms(epochs: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import compare  # noqa: E402
-import parity  # noqa: E402
 from benchmarks import overhead  # noqa: E402
+from fourways import parity  # noqa: E402
 
 SMALL = ["--epochs", "2", "--num-samples", "320"]  # 256 training samples: 8 steps per epoch
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -26,7 +26,7 @@ from conftest import (
     train_all,
 )  # fmt: skip
 
-import parity
+from fourways import parity
 
 TWO_PROCESSES = {name: parity.Setup(processes=2, grouping=parity.grouping_of(name, 2))
                  for name in (r.name for r in RUNNERS)}  # fmt: skip

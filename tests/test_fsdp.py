@@ -7,6 +7,7 @@ Every training run is a real entry point in a subprocess, two processes, small s
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 from pathlib import Path
@@ -29,9 +30,7 @@ from conftest import (
 )  # fmt: skip
 from test_resume import RunsCode, checkpoint_args, killed_run, options, plant, resume_args
 
-import contract
-import parity
-import sharded
+from fourways import contract, parity, sharded
 
 SHARDED_RUNNERS = ("torch", "fabric", "lightning")
 SEEDS = (1, 2)
@@ -236,7 +235,7 @@ def test_the_trainer_config_is_lightnings_model_parallel_strategy_over_every_pro
 
     trainer = yaml.safe_load((ROOT / "configs/lightning/fsdp2.yaml").read_text())["trainer"]
     module, name = trainer["strategy"]["class_path"].rsplit(".", 1)
-    assert issubclass(getattr(__import__(module), name), ModelParallelStrategy)
+    assert issubclass(getattr(importlib.import_module(module), name), ModelParallelStrategy)
     # Data parallel only, over every process: each holds a shard, none a tensor-parallel slice.
     assert trainer["strategy"]["init_args"] == {
         "data_parallel_size": trainer["devices"],

@@ -14,9 +14,8 @@ import pytest
 from conftest import PYTHON, ROOT, run, run_env
 
 import compare
-import contract
-import interrupts
 from benchmarks import overhead
+from fourways import contract, interrupts
 
 START_TIMEOUT_S = 180  # torch's import and a launcher's start-up, on a loaded 2-core machine
 

@@ -26,7 +26,7 @@ from conftest import (
     run_env,
 )
 
-import parity
+from fourways import parity
 
 MINIMAL = ROOT / "minimal"
 # One device, CPU asked for in each framework's own idiom.
@@ -40,7 +40,7 @@ ALIGNED = ("fabric_train.py", "accelerate_train.py")  # line for line with simpl
 MAX_LINES, MAX_CHANGED = 100, 40
 # The project's own modules that a minimal script may import: the task, nothing of the runners.
 ALLOWED_IMPORTS = {"argparse", "logging", "os", "warnings", "torch", "lightning", "accelerate",
-                   "task"}  # fmt: skip
+                   "fourways.task"}  # fmt: skip
 QUIET = {"", "Seed set to 42"}  # what Fabric's and Lightning's seed_everything log
 PRINTED_RESOLUTION = 1e-4  # the epoch lines' 4 decimals
 
@@ -155,9 +155,11 @@ def test_scripts_import_the_task_and_nothing_of_the_full_runners() -> None:
     for script in ["simple_train.py", *ALIGNED, "lightning_train.py"]:
         tree = ast.parse((MINIMAL / script).read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        top_level = {name.split(".")[0] for name in names}
-        assert "task" in top_level, script
+        for node in ast.walk(tree):  # `from fourways import task` imports fourways.task
+            if isinstance(node, ast.ImportFrom):
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+        top_level = {name if name.startswith("fourways.") else name.split(".")[0] for name in names}
+        assert "fourways.task" in top_level, script
         assert top_level <= ALLOWED_IMPORTS, f"{script} imports {top_level - ALLOWED_IMPORTS}"
 
 

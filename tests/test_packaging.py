@@ -9,7 +9,9 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -72,11 +74,19 @@ def test_every_imported_package_is_declared() -> None:
     assert not missing, f"imported by the tests, not in dependencies or the test extra: {missing}"
 
 
-def test_every_top_level_module_is_installed() -> None:
-    """`pip install .` installs the modules listed in py-modules alone: a module left out works
-    from the checkout and is missing from the installed commands (sharded and interrupts were)."""
-    listed = set(
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+def test_the_wheel_installs_the_package_alone(tmp_path: Path) -> None:
+    """`pip install .` puts one package in site-packages: `fourways`, every module of it (a
+    module left out works from the checkout and fails installed), and nothing else at the top
+    (the runners' names, `compare` or `datamodule`, would shadow other projects' modules)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=300,
     )
-    on_disk = {p.stem for p in ROOT.glob("*.py")}
-    assert on_disk == listed, f"missing: {on_disk - listed}, gone: {listed - on_disk}"
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    installed = {n for n in names if ".dist-info/" not in n}
+    top = {n.split("/")[0] for n in installed}
+    assert top == {"fourways"}, f"at the top of site-packages: {sorted(top)}"
+    package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fourways").rglob("*.py")}
+    assert package <= installed, f"not installed: {sorted(package - installed)}"

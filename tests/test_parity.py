@@ -11,8 +11,7 @@ import torch
 from conftest import default_shuffle_order
 from torch.utils.data import DistributedSampler
 
-import parity
-import task
+from fourways import parity, task
 
 FLOAT64 = torch.float64
 # The same samples per step, other forward passes: every grouping the runners use.

@@ -33,8 +33,7 @@ from conftest import (
     task_config,
 )  # fmt: skip
 
-import contract
-import parity
+from fourways import contract, parity
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
 # after the checkpoint at step 56, the newest complete one: epoch 3, batch 6.

@@ -22,9 +22,8 @@ import torch
 from conftest import RUNNERS, assert_equals_replay, in_process, load_metrics, load_weights
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import contract
 import lightning_module
-import parity
+from fourways import contract, parity
 
 STEPS_PER_EPOCH, EPOCHS, LR = 4, 3, 0.004
 # 160 samples: 128 to train (4 steps of 32), 32 to validate. A learning rate of its own: each

@@ -11,8 +11,7 @@ import pytest
 import torch
 from conftest import PYTHON, assert_equals_replay, load_metrics, load_weights, run, task_config
 
-import parity
-import task
+from fourways import parity, task
 
 CONTRACT_FIELDS = {
     "runner", "versions", "world_size", "device", "precision", "seed", "global_batch_size",

@@ -43,7 +43,7 @@ from conftest import (
     without_cuda,
 )  # fmt: skip
 
-import parity
+from fourways import parity
 
 PRECISION_OPTION: dict[str, Callable[[str], list[str]]] = {
     "torch": lambda p: ["--precision", p],

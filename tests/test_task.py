@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
-import contract
-import task
+from fourways import contract, task
 
 
 def test_model_has_418_parameters() -> None:

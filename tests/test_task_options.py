@@ -10,9 +10,8 @@ import torch
 from conftest import RUNNERS, in_process, load_metrics, load_weights
 from jsonargparse import Namespace
 
-import contract
-import task
 from datamodule import TaskDataModule
+from fourways import contract, task
 from lightning_module import MLPClassifier, cli_options
 
 # Away from every default: 160 samples (120 to train: 4 steps of 30, 40 to validate).

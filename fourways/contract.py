@@ -27,8 +27,8 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 
-import task
-from task_options import OPTION_TYPES, task_arguments
+from fourways import task
+from fourways.task_options import OPTION_TYPES, task_arguments
 
 T = TypeVar("T")
 

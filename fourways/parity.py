@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-import task
+from fourways import task
 
 INTERLEAVED, SHARDED = "interleaved", "sharded"
 

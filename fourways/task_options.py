@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import task
+from fourways import task
 
 
 def task_arguments() -> dict[str, Any]:
