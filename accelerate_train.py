@@ -29,13 +29,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from datamodule import TaskDataModule
-from fourways import contract
-from fourways.task_options import init_arguments
+from fourways.contract import (
+    arguments,
+    checkpoint_io,
+    console,
+    entry,
+    errors,
+    faults,
+    records,
+    resume,
+    run_dirs,
+)
+from fourways.settings import init_arguments
 from lightning_module import MLPClassifier
 
 
 def parse_args() -> object:
-    parser = contract.task_parser("Train the task with Hugging Face Accelerate.")
+    parser = arguments.task_parser("Train the task with Hugging Face Accelerate.")
     parser.add_argument(
         "--mixed-precision",
         choices=("no", "bf16", "fp16"),
@@ -52,25 +62,25 @@ PRECISIONS = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # Acce
 def main() -> None:
     args = parse_args()
     # The checkpoint first: options left out of a resume are taken from it.
-    run_dir = contract.resolve_run_dir(args.run_dir, "accelerate", args.resume)
+    run_dir = run_dirs.resolve_run_dir(args.run_dir, "accelerate", args.resume)
     checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
     recorded = None if checkpoint is None else checkpoint["config"]
     given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
     if given is not None and given not in PRECISIONS:
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"mixed precision {given} (from accelerate launch or its config) is not one of "
             f"{', '.join(PRECISIONS)}"
         )
-    config = contract.settle_args(
+    config = resume.settle_args(
         args,
         recorded,
-        contract.Setting("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
+        resume.Given("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
     )
     if checkpoint is not None:
-        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
+        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
     on_cuda = torch.cuda.is_available() and not args.cpu
     if launched_with("deepspeed"):  # set by `accelerate launch` from its config
-        contract.check_strategy("deepspeed", on_cuda)
+        arguments.check_strategy("deepspeed", on_cuda)
     accelerator = Accelerator(
         cpu=args.cpu,
         mixed_precision={ours: theirs for theirs, ours in PRECISIONS.items()}[config["precision"]],
@@ -81,13 +91,13 @@ def main() -> None:
     check_launch(accelerator)
     check_fsdp(accelerator)
     processes = "accelerate launch --num_processes"
-    config |= contract.settle_config(
-        [contract.Setting("world_size", processes, accelerator.num_processes, None)], recorded
+    config |= resume.settle_config(
+        [resume.Given("world_size", processes, accelerator.num_processes, None)], recorded
     )
     precision = PRECISIONS[accelerator.mixed_precision]
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
-        raise contract.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+        raise errors.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
@@ -110,7 +120,7 @@ def main() -> None:
         accelerator.load_state(newest)
         state |= {key: checkpoint[key] for key in ("epoch", "batch", "steps")}
         module.load_progress_state(checkpoint, accelerator.process_index)
-        accelerator.print(contract.resume_line(newest, state))
+        accelerator.print(resume.resume_line(newest, state))
 
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
@@ -121,7 +131,7 @@ def main() -> None:
             batches = accelerator.skip_first_batches(train_loader, state["batch"])
             batches.set_epoch(epoch)
         model.train()
-        for x, y in contract.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
+        for x, y in console.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
             # Inside accumulate(), backward divides the loss by the steps and skips the gradient
             # all-reduce, and the prepared optimizer steps, until the last micro-batch.
             with accelerator.accumulate(model):
@@ -135,18 +145,18 @@ def main() -> None:
                 state["steps"] += 1
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     save_checkpoint(accelerator, checkpoints, state, module)
-                contract.inject_fault("step", state["steps"])
+                faults.inject_fault("step", state["steps"])
         validate(model, module, val_loader)
         metrics = {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
         module.history.append(metrics)
-        accelerator.print(contract.epoch_line(epoch + 1, metrics))
+        accelerator.print(console.epoch_line(epoch + 1, metrics))
         state.update(epoch=epoch + 1, batch=0)
         save_checkpoint(accelerator, checkpoints, state, module)
 
     # The full weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
     model_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        record = contract.RunRecord(
+        record = records.RunRecord(
             runner="accelerate",
             world_size=accelerator.num_processes,
             device=accelerator.device.type,
@@ -159,12 +169,12 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=module.history,
-            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer.optimizer),
+            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer.optimizer),
         )
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
-        contract.save_run(run_dir, record, mlp_state)
+        records.save_run(run_dir, record, mlp_state)
     accelerator.wait_for_everyone()  # every rank waits for rank 0's files
-    contract.end_distributed_run(accelerator.num_processes > 1)
+    entry.end_distributed_run(accelerator.num_processes > 1)
     accelerator.end_training()
 
 
@@ -185,7 +195,7 @@ def save_checkpoint(
         (partial / PROGRESS).write_text(json.dumps(progress, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        contract.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
+        faults.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in sorted(checkpoints.glob("step_*"))[:-1]:  # the newest is whole: drop the rest
@@ -213,19 +223,19 @@ def checkpoint_progress(folder: Path) -> dict[str, Any]:
     (load_state would skip an unreadable random state with only a log line: here it is refused).
     """
     if not folder.is_dir():
-        raise contract.UsageError(f"no checkpoint to resume from at {folder}")
+        raise errors.UsageError(f"no checkpoint to resume from at {folder}")
     for path in sorted(folder.iterdir()):
         if not CHECKPOINT_FILES.fullmatch(path.name) or not path.is_file():
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"{path} is not a file this project's checkpoints hold; resume from an intact "
                 "checkpoint, or start a new run directory"
             )
         if path.suffix == ".safetensors":
-            contract.read_checkpoint_file(path, load_file, (SafetensorError,))
+            checkpoint_io.read_checkpoint_file(path, load_file, (SafetensorError,))
         elif path.name != PROGRESS:
             # Accelerate's own loader: weights_only, plus the numpy types of its random states.
-            contract.read_checkpoint_file(path, lambda p: load(p, weights_only=True))
-    return contract.read_checkpoint_file(folder / PROGRESS, contract.read_json)
+            checkpoint_io.read_checkpoint_file(path, lambda p: load(p, weights_only=True))
+    return checkpoint_io.read_checkpoint_file(folder / PROGRESS, checkpoint_io.read_json)
 
 
 @torch.no_grad()
@@ -247,7 +257,7 @@ def check_fsdp(accelerator: Accelerator) -> None:
     (FRAMEWORK_NOTES, checked 2026-12-01). Checked after construction so that any other silent
     fallback, now or in a later version, is refused the same way."""
     if launched_with("fsdp") and accelerator.distributed_type != DistributedType.FSDP:
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"FSDP was asked for, but Accelerate set up {accelerator.distributed_type.value} "
             "(no sharding: it has no FSDP without CUDA GPUs); launch on CUDA GPUs, or shard on "
             "CPUs with simple_train.py / fabric_train.py --strategy fsdp2 or the Trainer's "
@@ -259,13 +269,13 @@ def check_launch(accelerator: Accelerator) -> None:
     """Refuse the launches where Accelerate would silently train something other than asked."""
     started, requested = int(os.environ.get("WORLD_SIZE", 1)), requested_processes()
     if started > accelerator.num_processes:
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"{started} processes were started but did not join one process group (a multi-GPU "
             "launch without a CUDA GPU), so each would train alone; add --cpu to train on CPU "
             "processes, or launch on GPUs"
         )
     if requested > accelerator.num_processes:
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"accelerate launch was asked for {requested} processes but started "
             f"{accelerator.num_processes} (a --cpu / use_cpu or MULTI_CPU launch without an MPI "
             f"hostfile runs one); for {requested} CPU processes use: accelerate launch "
@@ -293,4 +303,4 @@ def requested_processes() -> int:
 
 
 if __name__ == "__main__":
-    contract.run_main(main)
+    entry.run_main(main)

@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fourways import contract, interrupts, parity, task
+from fourways import interrupts, parity, settings, task
+from fourways.contract import arguments, errors, records
 
 if TYPE_CHECKING:
     import resource  # Unix only: main() refuses elsewhere before anything needs it
@@ -158,7 +159,7 @@ class Run:
     @property
     def expected_refusal(self) -> str | None:
         """Why this runner refuses this mode, when it must (and compare.py shows it so)."""
-        if self.runner == "accelerate" and self.mode.strategy == contract.FSDP2:
+        if self.runner == "accelerate" and self.mode.strategy == arguments.FSDP2:
             return "Accelerate has no FSDP on CPUs (an FSDP config with use_cpu trains DDP)"
         return None
 
@@ -181,7 +182,7 @@ class Run:
         """The training this run was asked for, as the in-process replay takes it."""
         s, m = self.settings, self.mode
         return parity.Setup(
-            num_samples=s.num_samples, hidden_dim=s.hidden_dim, batch_size=s.batch_size,
+            num_samples=s.num_samples, hidden_dim=s.hidden_dim, global_batch_size=s.batch_size,
             lr=s.lr, epochs=s.epochs, seed=s.seed, processes=m.processes,
             accumulate=m.accumulate, precision=m.precision,
             grouping=parity.grouping_of(self.runner, m.processes),
@@ -263,7 +264,7 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         argv += ["--cpu", *flags, "--run-dir", str(run.run_dir)]
     else:
         raise ValueError(run.runner)
-    if run.mode.strategy == contract.FSDP2:
+    if run.mode.strategy == arguments.FSDP2:
         argv = fsdp2_command(run, argv, port)
     if port and run.runner in ("fabric", "lightning", "min-fabric", "min-lightning"):
         env["MASTER_PORT"] = port
@@ -274,7 +275,7 @@ def fsdp2_command(run: Run, argv: list[str], port: str | None) -> list[str]:
     """The runner's DDP command, asking for FSDP2 as a user of that runner would."""
     n = str(run.mode.processes)
     if run.runner in ("torch", "fabric"):
-        return [*argv, "--strategy", contract.FSDP2]
+        return [*argv, "--strategy", arguments.FSDP2]
     if run.runner == "lightning":  # the config file, sized to the processes
         at = argv.index("--trainer.strategy")
         return [*argv[:at], "--config", "configs/lightning/fsdp2.yaml", "--trainer.devices", n,
@@ -771,7 +772,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),  # others' work on the machine makes timings noisy
         "python": platform.python_version(),
-        "versions": contract.framework_versions(),
+        "versions": records.framework_versions(),
         "commit": git_commit(),
     }
 
@@ -954,7 +955,7 @@ def print_table(runs: Sequence[Run], lines: list[str]) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = contract.ArgumentParser(
+    parser = errors.ArgumentParser(
         description="Run the runners on the same task; show whether they agree and their cost.",
     )
     parser.add_argument(
@@ -964,38 +965,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(RUNNERS),
         help="raw = benchmarks/raw_loop.py (no DataLoader; 1 process, fp32)",
     )
-    parser.add_argument("--processes", nargs="+", type=contract.positive_int, default=[1])
-    parser.add_argument("--precision", nargs="+", choices=contract.PRECISIONS, default=["32-true"])
-    parser.add_argument("--accumulate", nargs="+", type=contract.positive_int, default=[1])
+    parser.add_argument("--processes", nargs="+", type=settings.positive_int, default=[1])
+    parser.add_argument("--precision", nargs="+", choices=arguments.PRECISIONS, default=["32-true"])
+    parser.add_argument("--accumulate", nargs="+", type=settings.positive_int, default=[1])
     parser.add_argument(
         "--strategy",
         nargs="+",
-        choices=("ddp", contract.FSDP2),
+        choices=("ddp", arguments.FSDP2),
         default=["ddp"],
         help="for several processes; fsdp2 shards parameters, gradients and optimizer state "
         "(torch, Fabric, the Trainer; Accelerate has none on CPUs and is shown refused)",
     )
     task_group = parser.add_argument_group("task (the same for every runner)")
-    task_group.add_argument("--epochs", type=contract.positive_int, default=task.EPOCHS)
-    task_group.add_argument("--num-samples", type=contract.positive_int, default=task.NUM_SAMPLES)
-    task_group.add_argument("--hidden-dim", type=contract.positive_int, default=task.HIDDEN_DIM)
+    task_group.add_argument("--epochs", type=settings.positive_int, default=task.EPOCHS)
+    task_group.add_argument("--num-samples", type=settings.positive_int, default=task.NUM_SAMPLES)
+    task_group.add_argument("--hidden-dim", type=settings.positive_int, default=task.HIDDEN_DIM)
     task_group.add_argument(
         "--batch-size",
-        type=contract.positive_int,
+        type=settings.positive_int,
         default=task.GLOBAL_BATCH_SIZE,
         help="GLOBAL batch",
     )
-    task_group.add_argument("--lr", type=contract.positive_float, default=task.LEARNING_RATE)
+    task_group.add_argument("--lr", type=settings.positive_float, default=task.LEARNING_RATE)
     task_group.add_argument("--seed", type=int, default=task.SEED)
-    parser.add_argument("--threads", type=contract.positive_int, default=1, help="per process")
+    parser.add_argument("--threads", type=settings.positive_int, default=1, help="per process")
     parser.add_argument(
         "--jobs",
-        type=contract.positive_int,
+        type=settings.positive_int,
         choices=(1, 2),
         default=1,
         help="single-process runs at a time (2 is faster, but the runs then share the CPU)",
     )
-    parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
+    parser.add_argument("--timeout", type=settings.positive_float, default=600, help="s per run")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<timestamp>)")
     parser.add_argument(
         "--check",
@@ -1016,7 +1017,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.extra = parse_extra_args(args.extra_args, args.runners)
         args.modes = modes(args)
         args.out = report_dir(args.out)
-    except contract.UsageError as err:
+    except errors.UsageError as err:
         parser.error(str(err))
     return args
 
@@ -1026,7 +1027,7 @@ def parse_extra_args(items: Sequence[str], runners: Sequence[str]) -> dict[str, 
     for item in items:
         runner, sep, text = item.partition("=")
         if not sep or runner not in runners:
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"--extra-args {item!r}: expected RUNNER=ARGS with RUNNER one of {runners}"
             )
         extra[runner] = extra.get(runner, ()) + tuple(shlex.split(text))
@@ -1038,21 +1039,21 @@ def modes(args: argparse.Namespace) -> list[Mode]:
     result = []
     combinations = itertools.product(args.processes, args.precision, args.accumulate, args.strategy)
     for n, precision, k, strategy in combinations:
-        if strategy == contract.FSDP2 and (n == 1 or precision != "32-true" or k != 1):
-            raise contract.UsageError(
+        if strategy == arguments.FSDP2 and (n == 1 or precision != "32-true" or k != 1):
+            raise errors.UsageError(
                 "--strategy fsdp2 is compared with 2 or more --processes, 32-true, no "
                 "accumulation (what its replay check covers)"
             )
         if precision not in CPU_PRECISIONS:
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed"
             )
-        contract.micro_batch_size(args.batch_size, n, k, *contract.split_sizes(args.num_samples))
+        arguments.micro_batch_size(args.batch_size, n, k, *arguments.split_sizes(args.num_samples))
         result.append(Mode(n, precision, k, strategy))
     if "raw" in args.runners and any(m != Mode(1, "32-true", 1) for m in result):
-        raise contract.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
+        raise errors.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
     if args.check and max(args.processes) > parity.MAX_BITWISE_PROCESSES:
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"--check proves runs bit for bit with up to {parity.MAX_BITWISE_PROCESSES} processes "
             "(gloo sums 3 or more in its own order); run more without --check"
         )
@@ -1064,9 +1065,9 @@ def report_dir(out: Path | None) -> Path:
     interrupted one's may be replaced); the default one is new every time."""
     if out is not None:
         if (out / "report.json").exists():
-            raise contract.UsageError(f"{out} already holds a report; choose another --out")
+            raise errors.UsageError(f"{out} already holds a report; choose another --out")
         if (out / "runs").exists() and not (out / INTERRUPTED).exists():
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"{out} holds the runs of another comparison; choose another --out"
             )
         return out

@@ -9,7 +9,8 @@ from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveIn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fourways import contract, task
+from fourways import task
+from fourways.contract import arguments
 
 # torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
@@ -47,7 +48,7 @@ class TaskDataModule(L.LightningDataModule):
     def set_micro_batch_size(self, world_size: int, accumulate: int) -> int:
         """Split the global batch over processes and accumulation steps; refuse uneven splits."""
         assert self.train_set is not None and self.val_set is not None, "call setup() first"
-        self.micro_batch_size = contract.micro_batch_size(
+        self.micro_batch_size = arguments.micro_batch_size(
             self.hparams.batch_size, world_size, accumulate, len(self.train_set), len(self.val_set)
         )
         return self.micro_batch_size

@@ -23,18 +23,19 @@ from lightning.fabric.loggers import CSVLogger
 from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy, Strategy
 
 from datamodule import TaskDataModule
-from fourways import contract, sharded
-from fourways.task_options import init_arguments
+from fourways import settings, sharded
+from fourways.contract import arguments, console, entry, errors, faults, records, resume, run_dirs
+from fourways.settings import init_arguments
 from lightning_module import AtomicCheckpointIO, MLPClassifier
 
 
 def parse_args() -> object:
-    parser = contract.task_parser("Train the task with Lightning Fabric.")
+    parser = arguments.task_parser("Train the task with Lightning Fabric.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
     # Fabric's own defaults: under `fabric run`, a value set here that differs from the CLI's
     # is an error, and these leave the choice to the CLI.
     parser.add_argument("--devices", type=devices, default="auto", help="a count, or auto")
-    parser.add_argument("--num-nodes", type=contract.positive_int, default=1)
+    parser.add_argument("--num-nodes", type=settings.positive_int, default=1)
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -43,21 +44,21 @@ def parse_args() -> object:
         help="auto, ddp, fsdp2 (FSDP2, CPU too), deepspeed_stage_2, fsdp (FSDP1, GPUs), ... "
         "(Lightning's registry, and fsdp2)",
     )
-    parser.add_argument("--precision", choices=contract.PRECISIONS, default=None, help="32-true")
+    parser.add_argument("--precision", choices=arguments.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
 
 
 # fsdp2 is this runner's name for Lightning's ModelParallelStrategy with data parallelism only
 # (it has no registry name: it takes a parallelize_fn); Lightning's `fsdp` is FSDP1.
-STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), contract.FSDP2)
+STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), arguments.FSDP2)
 
 
 def fabric_strategy(args: object) -> str | Strategy:
     """The strategy Fabric is given: a registry name, or FSDP2 over every process."""
-    if args.strategy != contract.FSDP2:
+    if args.strategy != arguments.FSDP2:
         return args.strategy
     if args.devices == "auto":
-        raise contract.UsageError("--strategy fsdp2 shards over processes: give --devices N")
+        raise errors.UsageError("--strategy fsdp2 shards over processes: give --devices N")
     return ModelParallelStrategy(
         parallelize_fn=sharded.shard_model,
         data_parallel_size=args.devices * args.num_nodes,  # every process holds a shard
@@ -66,19 +67,19 @@ def fabric_strategy(args: object) -> str | Strategy:
 
 
 def devices(text: str) -> int | str:
-    return text if text == "auto" else contract.positive_int(text)
+    return text if text == "auto" else settings.positive_int(text)
 
 
 def main() -> None:
     args = parse_args()
     if args.resume and args.run_dir is None:
-        raise contract.UsageError("--resume continues the run in --run-dir: name that directory")
+        raise errors.UsageError("--resume continues the run in --run-dir: name that directory")
     # The checkpoint first: options left out of a resume are taken from it.
     checkpoint, checked = None, None
     if args.resume:
-        contract.check_run_dir(args.run_dir, resume=True)
+        run_dirs.check_run_dir(args.run_dir, resume=True)
         path = args.run_dir / "checkpoints" / "last.ckpt"
-        if contract.rank() == 0:
+        if errors.rank() == 0:
             sharded.recover(path)
         # A file, or a folder under fsdp2: every file read as tensors and plain values only.
         checkpoint = sharded.read_lightning_checkpoint(path)
@@ -86,28 +87,28 @@ def main() -> None:
     recorded = None if checkpoint is None else checkpoint.get("config", {})
     precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets these
     strategy = os.environ.get("LT_STRATEGY", args.strategy)
-    config = contract.settle_args(
+    config = resume.settle_args(
         args,
         recorded,
-        contract.Setting("precision", "--precision", precision, "32-true"),
-        contract.Setting("strategy", "--strategy", strategy, "auto"),
+        resume.Given("precision", "--precision", precision, "32-true"),
+        resume.Given("strategy", "--strategy", strategy, "auto"),
     )
     args.strategy = strategy = config["strategy"]
     if checkpoint is not None:
-        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
-    if strategy == contract.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
-        raise contract.UsageError(
+        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
+    if strategy == arguments.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
+        raise errors.UsageError(
             "fsdp2 is this script's strategy, not fabric run's: python fabric_train.py "
             "--devices N --strategy fsdp2"
         )
     if strategy not in STRATEGIES:  # `fabric run --strategy` is free text
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"unknown strategy {strategy}; choose one of {', '.join(STRATEGIES)}"
         )
-    on_cuda = contract.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
-    contract.check_precision(config["precision"], on_cuda)
-    contract.check_strategy(strategy, on_cuda)
-    contract.check_devices(args.accelerator, args.devices)
+    on_cuda = arguments.cuda_requested(os.environ.get("LT_ACCELERATOR", args.accelerator))
+    arguments.check_precision(config["precision"], on_cuda)
+    arguments.check_strategy(strategy, on_cuda)
+    arguments.check_devices(args.accelerator, args.devices)
     fabric = L.Fabric(
         accelerator=args.accelerator,
         devices=args.devices,
@@ -119,15 +120,15 @@ def main() -> None:
         # the checkpoint read above, not the file again: the file checked is the file loaded.
         # (ModelParallelStrategy writes its folders with torch.distributed.checkpoint, through
         # no CheckpointIO; sharded.py reads them safely and swaps them in whole.)
-        plugins=None if args.strategy == contract.FSDP2 else AtomicCheckpointIO(checked),
+        plugins=None if args.strategy == arguments.FSDP2 else AtomicCheckpointIO(checked),
         # --run-dir, else Lightning's own scheme: runs/fabric/version_N
         loggers=CSVLogger(args.run_dir, name="", version="")
         if args.run_dir
         else CSVLogger("runs", name="fabric"),
     )
     processes = "--devices x --num-nodes"
-    config |= contract.settle_config(
-        [contract.Setting("world_size", processes, fabric.world_size, fabric.world_size)], recorded
+    config |= resume.settle_config(
+        [resume.Given("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
     data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
@@ -135,12 +136,12 @@ def main() -> None:
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
         fabric.launch()  # starts the other processes when --devices > 1
     run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
-    contract.check_run_dir(run_dir, args.resume)
+    run_dirs.check_run_dir(run_dir, args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
     fabric.seed_everything(args.seed)
     model = MLPClassifier(**init_arguments(MLPClassifier, args))
-    if args.strategy == contract.FSDP2:  # the optimizer over the sharded parameters, made after
+    if args.strategy == arguments.FSDP2:  # the optimizer over the sharded parameters, made after
         model = fabric.setup_module(model)
         optimizer = fabric.setup_optimizers(model.configure_optimizers())
     else:
@@ -161,7 +162,7 @@ def main() -> None:
         model.load_progress_state(progress, fabric.global_rank)
         for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
             fabric.log_dict(metrics)
-        fabric.print(contract.resume_line(checkpoint_path, state))
+        fabric.print(resume.resume_line(checkpoint_path, state))
     # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
     train_loader._num_iter_calls = state["epoch"]
 
@@ -170,7 +171,7 @@ def main() -> None:
         fabric.call("on_train_epoch_start")
         model.train()
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
-        batches = contract.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
+        batches = console.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
         for i, batch in enumerate(batches, start=state["batch"]):
             last_micro_batch = (i + 1) % args.accumulate == 0
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
@@ -188,7 +189,7 @@ def main() -> None:
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
                     save(fabric, checkpoint_path, {**state, **model.progress_state()})
-                contract.inject_fault("step", state["steps"])
+                faults.inject_fault("step", state["steps"])
         validate(fabric, model, val_loader)
         fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
         state.update(epoch=epoch + 1, batch=0)
@@ -197,7 +198,7 @@ def main() -> None:
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
     model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
     if fabric.is_global_zero:
-        record = contract.RunRecord(
+        record = records.RunRecord(
             runner="fabric",
             world_size=fabric.world_size,
             device=fabric.device.type,
@@ -210,11 +211,11 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=model.history,
-            state_bytes_per_process=contract.state_bytes(model.parameters(), optimizer),
+            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer),
         )
-        contract.save_run(run_dir, record, model_state)
+        records.save_run(run_dir, record, model_state)
     fabric.barrier()  # every rank waits for rank 0's files
-    contract.end_distributed_run(fabric.world_size > 1)
+    entry.end_distributed_run(fabric.world_size > 1)
 
 
 def save(fabric: L.Fabric, path: Path, state: dict) -> None:
@@ -244,4 +245,4 @@ def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.Da
 
 
 if __name__ == "__main__":
-    contract.run_main(main)
+    entry.run_main(main)

@@ -34,7 +34,18 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 from datamodule import TaskDataModule
-from fourways import contract, sharded, task
+from fourways import sharded, task
+from fourways.contract import (
+    arguments,
+    checkpoint_io,
+    console,
+    entry,
+    errors,
+    faults,
+    records,
+    resume,
+    run_dirs,
+)
 
 # Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
 # seed and the device. Bad input then leaves one line on stderr, as the contract asks.
@@ -135,8 +146,8 @@ class MLPClassifier(L.LightningModule):
         return metrics
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if contract.FAULT:  # the resume tests' fault points: the step count is a chain of calls
-            contract.inject_fault("step", self.trainer.global_step)
+        if faults.FAULT:  # the resume tests' fault points: the step count is a chain of calls
+            faults.inject_fault("step", self.trainer.global_step)
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts its clock here
@@ -148,7 +159,7 @@ class MLPClassifier(L.LightningModule):
         metrics = self.epoch_metrics()
         metrics["epoch_s"] = time.perf_counter() - self._epoch_start  # training + validation
         if self.trainer.global_rank == 0:  # under Fabric, `self.trainer` forwards to Fabric
-            tqdm.write(contract.epoch_line(len(self.history) + 1, metrics))
+            tqdm.write(console.epoch_line(len(self.history) + 1, metrics))
         self.history.append(metrics)
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
 
@@ -211,12 +222,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return checkpoint
         # Any other read: tensors and plain values only, explicitly (Lightning 2.6.6 passes
         # weights_only=None, torch's default, unless told).
-        return contract.load_checkpoint(Path(path))
+        return checkpoint_io.load_checkpoint(Path(path))
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        contract.atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        checkpoint_io.atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 class EpochBar(TQDMProgressBar):
@@ -229,7 +240,7 @@ class EpochBar(TQDMProgressBar):
 
 # The subcommands offered, each reading the task's data: fit trains, validate reports.
 READS = ("fit", "validate")
-# The run's configuration keys (contract.settle_config's) that the Trainer's own options hold;
+# The run's configuration keys (resume.settle_config's) that the Trainer's own options hold;
 # every init argument of the data and the model is recorded too (cli_options).
 TRAINER_OPTIONS = {
     "seed": "seed_everything",
@@ -357,7 +368,7 @@ class Checkpoint(ModelCheckpoint):
             batch = 0
         position = {"epoch": trainer.current_epoch, "batch": batch, "steps": trainer.global_step}
         if trainer.is_global_zero:
-            tqdm.write(contract.resume_line(Path(trainer.ckpt_path), position))
+            tqdm.write(resume.resume_line(Path(trainer.ckpt_path), position))
         self.resume_reported = True
 
 
@@ -411,7 +422,7 @@ class TaskCLI(LightningCLI):
         if subcommand not in READS or self.config[subcommand].ckpt_path is None:
             return
         path = checkpoint_file(self.config[subcommand], subcommand)
-        if contract.rank() == 0:  # a kill between a sharded folder's renames: the previous one
+        if errors.rank() == 0:  # a kill between a sharded folder's renames: the previous one
             sharded.recover(path)
         # A file, or a folder under ModelParallelStrategy: tensors and plain values, explicitly.
         checkpoint = sharded.read_lightning_checkpoint(path)
@@ -425,9 +436,9 @@ class TaskCLI(LightningCLI):
         config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
         self._recorded, self._checked = recorded, (path, checkpoint)
         given = {key: config[option] for key, option in options.items()}
-        contract.settle_config(
+        resume.settle_config(
             [
-                contract.Setting(
+                resume.Given(
                     key,
                     f"--{options[key]}",
                     None if value == recorded.get(key) else value,
@@ -440,7 +451,7 @@ class TaskCLI(LightningCLI):
         if subcommand == "fit":
             started = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
             reached = checkpoint["epoch"] + (started["processed"] > 0)
-            contract.check_epochs_left(config.trainer.max_epochs, reached, "--trainer.max_epochs")
+            resume.check_epochs_left(config.trainer.max_epochs, reached, "--trainer.max_epochs")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The contract's console: a progress bar on a terminal only (the other runners' rule),
@@ -448,7 +459,7 @@ class TaskCLI(LightningCLI):
         trainer = self._get(self.config_init, "trainer", default={})
         show_bar = trainer.get("enable_progress_bar")
         if show_bar is None:
-            show_bar = kwargs["enable_progress_bar"] = contract.on_terminal()
+            show_bar = kwargs["enable_progress_bar"] = console.on_terminal()
         callbacks = trainer.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if show_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -462,38 +473,36 @@ class TaskCLI(LightningCLI):
             ("strategy", trainer.strategy, STRATEGIES),
         ):
             if isinstance(value, str) and value not in known:
-                raise contract.UsageError(
+                raise errors.UsageError(
                     f"--trainer.{option} {value} is unknown; choose one of {', '.join(known)}"
                 )
         if trainer.max_epochs is None or trainer.max_epochs < 1:
-            raise contract.UsageError(
-                f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more"
-            )
+            raise errors.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
         if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
             data = self.config[self.subcommand].data
             num_val = round(data.val_fraction * data.num_samples)
-            contract.micro_batch_size(
+            arguments.micro_batch_size(
                 data.batch_size,
                 int(trainer.devices) * trainer.num_nodes,
                 trainer.accumulate_grad_batches,
                 data.num_samples - num_val,
                 num_val,
             )
-        on_cuda = contract.cuda_requested(str(trainer.accelerator))
+        on_cuda = arguments.cuda_requested(str(trainer.accelerator))
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
-        contract.check_precision(str(trainer.precision), on_cuda)
-        contract.check_strategy(str(trainer.strategy), on_cuda)
-        contract.check_devices(str(trainer.accelerator), trainer.devices)
+        arguments.check_precision(str(trainer.precision), on_cuda)
+        arguments.check_strategy(str(trainer.strategy), on_cuda)
+        arguments.check_devices(str(trainer.accelerator), trainer.devices)
 
     def before_fit(self) -> None:
         fit, trainer = self.config_init.fit, self.trainer
-        contract.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
+        run_dirs.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
         read_weights_only(fit)
         self.run_config = self.trainer_run_config()
         if fit.ckpt_path is not None:
             processes = "--trainer.devices x --trainer.num_nodes"
-            contract.settle_config(
-                [contract.Setting("world_size", processes, trainer.world_size, None)],
+            resume.settle_config(
+                [resume.Given("world_size", processes, trainer.world_size, None)],
                 self._recorded,
             )
         hand_over_checked(trainer.strategy, getattr(self, "_checked", None))
@@ -503,7 +512,7 @@ class TaskCLI(LightningCLI):
     def before_validate(self) -> None:
         log_dir = Path(self.trainer.log_dir)
         if log_dir.is_dir() and any(log_dir.iterdir()):  # the CSV logger would replace its files
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"{log_dir} holds files already (a training run's?); validate logs into a new "
                 "folder: leave --trainer.logger.init_args.version out"
             )
@@ -511,7 +520,7 @@ class TaskCLI(LightningCLI):
         hand_over_checked(self.trainer.strategy, getattr(self, "_checked", None))
 
     def trainer_run_config(self) -> dict[str, Any]:
-        """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
+        """The run's configuration, keyed as the other runners key it (resume.settle_config)."""
         fit, trainer = self.config.fit, self.trainer
         config = plain_values({key: fit[option] for key, option in cli_options(fit).items()})
         return config | {"precision": str(trainer.precision), "world_size": trainer.world_size}
@@ -529,11 +538,11 @@ class TaskCLI(LightningCLI):
         if trainer.is_global_zero:
             self._save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
-        contract.end_distributed_run(trainer.world_size > 1)
+        entry.end_distributed_run(trainer.world_size > 1)
 
     def _save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule
-        record = contract.RunRecord(
+        record = records.RunRecord(
             runner="lightning",
             world_size=trainer.world_size,
             device=module.device.type,
@@ -546,18 +555,16 @@ class TaskCLI(LightningCLI):
             wall_clock_s=time.perf_counter() - self.checkpoint.train_start,
             config=self.run_config,
             epochs=module.history,
-            state_bytes_per_process=contract.state_bytes(
-                module.parameters(), trainer.optimizers[0]
-            ),
+            state_bytes_per_process=records.state_bytes(module.parameters(), trainer.optimizers[0]),
         )
-        contract.save_run(run_dir, record, model_state)
+        records.save_run(run_dir, record, model_state)
 
 
 class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config file is reported as the contract's one line, exit status 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        contract.fail(" ".join(message.split()) + " (see --help)")
+        errors.fail(" ".join(message.split()) + " (see --help)")
 
 
 def hand_over_checked(strategy: Any, checked: tuple[Path, dict[str, Any]] | None) -> None:
@@ -571,7 +578,7 @@ def hand_over_checked(strategy: Any, checked: tuple[Path, dict[str, Any]] | None
 def read_weights_only(config: Any) -> None:
     """The Trainer's own read of the checkpoint (checked on parsing), explicitly weights-only."""
     if config.weights_only is False:
-        raise contract.UsageError(
+        raise errors.UsageError(
             "--weights_only false is not offered: checkpoints are read as tensors and plain "
             "values only"
         )
@@ -581,20 +588,20 @@ def read_weights_only(config: Any) -> None:
 def checkpoint_file(fit: Any, subcommand: str = "fit") -> Path:
     """The one file that --ckpt_path names: `last` is this run's checkpoints/last.ckpt exactly."""
     if fit.ckpt_path == "last" and subcommand != "fit":
-        raise contract.UsageError(
+        raise errors.UsageError(
             f"{subcommand} reads a checkpoint by its path: --ckpt_path "
             "runs/lightning/version_N/checkpoints/last.ckpt"
         )
     if fit.ckpt_path != "last":
         if fit.ckpt_path in ("best", "hpc") or str(fit.ckpt_path).startswith("registry"):
-            raise contract.UsageError(
+            raise errors.UsageError(
                 f"--ckpt_path {fit.ckpt_path}: resume with --ckpt_path last, or a checkpoint's path"
             )
         return Path(fit.ckpt_path)
     logger = fit.trainer.logger
     init = getattr(logger, "init_args", None)
     if init is None or getattr(init, "version", None) is None:
-        raise contract.UsageError(
+        raise errors.UsageError(
             "--ckpt_path last continues a named run: give its --trainer.logger.init_args.version "
             "(and save_dir, name), or the checkpoint's path"
         )
@@ -623,4 +630,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    contract.run_main(main)
+    entry.run_main(main)

@@ -30,19 +30,30 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fourways import contract, task
-from fourways.task_options import init_arguments
+from fourways import task
+from fourways.contract import (
+    arguments,
+    checkpoint_io,
+    console,
+    entry,
+    errors,
+    faults,
+    records,
+    resume,
+    run_dirs,
+)
+from fourways.settings import init_arguments
 
 
 def parse_args() -> object:
-    parser = contract.task_parser(
+    parser = arguments.task_parser(
         "Train the task with plain PyTorch (torchrun for several processes)."
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--precision", choices=contract.PRECISIONS, help="default: 32-true")
+    parser.add_argument("--precision", choices=arguments.PRECISIONS, help="default: 32-true")
     parser.add_argument(
         "--strategy",
-        choices=("ddp", contract.FSDP2),
+        choices=("ddp", arguments.FSDP2),
         help="default: ddp; under torchrun; fsdp2: torch's fully_shard (FSDP2), CPUs or GPUs",
     )
     return parser.parse_args()
@@ -57,30 +68,30 @@ def main() -> None:
         int(os.environ.get("WORLD_SIZE", 1)),
     )
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    run_dir = contract.resolve_run_dir(args.run_dir, "torch", args.resume)
+    run_dir = run_dirs.resolve_run_dir(args.run_dir, "torch", args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    checkpoint = contract.load_checkpoint(checkpoint_path) if args.resume else None
-    config = contract.settle_args(
+    checkpoint = checkpoint_io.load_checkpoint(checkpoint_path) if args.resume else None
+    config = resume.settle_args(
         args,
         None if checkpoint is None else checkpoint.pop("config", {}),
-        contract.Setting("precision", "--precision", args.precision, "32-true"),
-        contract.Setting("strategy", "--strategy", args.strategy, "ddp"),
-        contract.Setting("world_size", "processes", world_size, world_size),
+        resume.Given("precision", "--precision", args.precision, "32-true"),
+        resume.Given("strategy", "--strategy", args.strategy, "ddp"),
+        resume.Given("world_size", "processes", world_size, world_size),
     )
     args.strategy = config["strategy"]
     if checkpoint is not None:
-        contract.check_epochs_left(args.epochs, contract.epochs_reached(checkpoint))
+        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
     args.precision = config["precision"]
-    contract.check_precision(args.precision, device.type == "cuda")
-    contract.check_strategy(args.strategy, device.type == "cuda")
-    if args.strategy == contract.FSDP2 and not ddp:  # fully_shard needs torchrun's processes
-        raise contract.UsageError(
+    arguments.check_precision(args.precision, device.type == "cuda")
+    arguments.check_strategy(args.strategy, device.type == "cuda")
+    if args.strategy == arguments.FSDP2 and not ddp:  # fully_shard needs torchrun's processes
+        raise errors.UsageError(
             "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
         )
     # The task's every argument, as given (or recorded): see task_options.task_arguments.
     dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
     train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
-    micro_batch = contract.micro_batch_size(
+    micro_batch = arguments.micro_batch_size(
         args.batch_size, world_size, args.accumulate, len(train_set), len(val_set)
     )
     if ddp:
@@ -90,7 +101,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = task.MLP(**init_arguments(task.MLP, args)).to(device)
     raw_model = model
-    if args.strategy == contract.FSDP2:  # parameters, gradients, optimizer state sharded
+    if args.strategy == arguments.FSDP2:  # parameters, gradients, optimizer state sharded
         fully_shard(model, mesh=init_device_mesh(device.type, (world_size,)))
     elif ddp:
         model = DistributedDataParallel(
@@ -123,7 +134,7 @@ def main() -> None:
         scaler.load_state_dict(checkpoint.pop("scaler"))
         state = {**checkpoint, "config": config}
         if master:
-            print(contract.resume_line(checkpoint_path, state), flush=True)
+            print(resume.resume_line(checkpoint_path, state), flush=True)
 
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
@@ -136,7 +147,7 @@ def main() -> None:
         step_losses: list[tuple[torch.Tensor, int]] = []  # summed when needed (fold_losses)
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
         for i, (x, y) in enumerate(
-            contract.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
+            console.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
         ):
             x, y = x.to(device), y.to(device)
             last_micro_batch = (i + 1) % args.accumulate == 0
@@ -159,12 +170,12 @@ def main() -> None:
                     loss_sum, count = all_ranks_sum(*sums, ddp)
                     state.update(epoch=epoch, batch=i + 1, loss_sum=loss_sum, count=count)
                     save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
-                contract.inject_fault("step", state["steps"])
+                faults.inject_fault("step", state["steps"])
         train_loss_sum, train_count = fold_losses(train_loss_sum, train_count, step_losses)
         metrics = evaluate(model, val_loader, autocast, train_loss_sum, train_count, ddp)
         state["history"].append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
         if master:
-            print(contract.epoch_line(epoch + 1, metrics), flush=True)
+            print(console.epoch_line(epoch + 1, metrics), flush=True)
         state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, count=0)
         save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
 
@@ -172,7 +183,7 @@ def main() -> None:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(raw_model, options=options)
     if master:
-        record = contract.RunRecord(
+        record = records.RunRecord(
             runner="torch",
             world_size=world_size,
             device=device.type,
@@ -185,12 +196,12 @@ def main() -> None:
             wall_clock_s=time.perf_counter() - start,
             config=config,
             epochs=state["history"],
-            state_bytes_per_process=contract.state_bytes(raw_model.parameters(), optimizer),
+            state_bytes_per_process=records.state_bytes(raw_model.parameters(), optimizer),
         )
-        contract.save_run(run_dir, record, model_state)
+        records.save_run(run_dir, record, model_state)
     if ddp:
         dist.barrier()  # every rank waits for rank 0's files
-    contract.end_distributed_run(ddp)
+    entry.end_distributed_run(ddp)
 
 
 def fold_losses(
@@ -229,7 +240,7 @@ def save_checkpoint(
     if master:
         full = {**state, "model": model_state, "optimizer": optimizer_state,
                 "scaler": scaler.state_dict()}  # fmt: skip
-        contract.save_checkpoint(path, full)
+        checkpoint_io.save_checkpoint(path, full)
 
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -237,7 +248,7 @@ AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise contract.UsageError(
+        raise errors.UsageError(
             "--device cuda was asked for, but no CUDA GPU is visible; use --device cpu"
         )
     if choice == "cpu" or not torch.cuda.is_available():
@@ -287,4 +298,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    contract.run_main(main)
+    entry.run_main(main)

@@ -53,7 +53,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 import compare
 from benchmarks import intervals
-from fourways import contract, interrupts, task
+from fourways import interrupts, settings, task
+from fourways.contract import errors
 
 RUNNERS = ("raw", "torch", "fabric", "accelerate", "lightning")
 FRAMEWORKS = ("fabric", "accelerate", "lightning")
@@ -927,16 +928,16 @@ def plot_profile(res: Results, path: Path) -> None:
 # Main
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> Any:
-    parser = contract.ArgumentParser(description="Measure the cost each framework adds per step.")
+    parser = errors.ArgumentParser(description="Measure the cost each framework adds per step.")
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument(
         "--repeats",
-        type=contract.positive_int,
+        type=settings.positive_int,
         help="headline repeats (default 6; quick 3: too few for a verdict)",
     )
-    parser.add_argument("--sweep-repeats", type=contract.positive_int, help="other sections (2)")
-    parser.add_argument("--timeout", type=contract.positive_float, default=600, help="s per run")
+    parser.add_argument("--sweep-repeats", type=settings.positive_int, help="other sections (2)")
+    parser.add_argument("--timeout", type=settings.positive_float, default=600, help="s per run")
     parser.add_argument(
         "--max-wait", type=float, default=MAX_WAIT_S, help="s to wait for a quiet machine per run"
     )

@@ -19,26 +19,25 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for task.py
-from fourways import contract, task
-from fourways.task_options import init_arguments
+from fourways import task
+from fourways.contract import arguments, console, entry, errors, records, resume, run_dirs
+from fourways.settings import init_arguments
 
 
 def main() -> None:
-    args = contract.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
+    args = arguments.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
     args = args.parse_args()
-    config = contract.settle_args(args, None)  # no resume: what was given, else the defaults
+    config = resume.settle_args(args, None)  # no resume: what was given, else the defaults
     if args.resume or args.checkpoint_every:
-        raise contract.UsageError(
+        raise errors.UsageError(
             "the raw-tensor loop keeps no checkpoints; drop --resume and --checkpoint-every"
         )
     if args.accumulate != 1:
-        raise contract.UsageError(
-            "the raw-tensor loop does not accumulate; leave --accumulate at 1"
-        )
+        raise errors.UsageError("the raw-tensor loop does not accumulate; leave --accumulate at 1")
     dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
     train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
-    run_dir = args.run_dir or contract.next_run_dir("runs", "raw")
-    contract.check_run_dir(run_dir, resume=False)
+    run_dir = args.run_dir or run_dirs.next_run_dir("runs", "raw")
+    run_dirs.check_run_dir(run_dir, resume=False)
     (x, y), (val_x, val_y) = train_set.tensors, val_set.tensors
     batch = args.batch_size
 
@@ -63,9 +62,9 @@ def main() -> None:
             {**evaluate(model, val_x, val_y, batch, loss_sum.item() / len(x))}
             | {"epoch_s": time.perf_counter() - epoch_start}
         )
-        print(contract.epoch_line(epoch + 1, history[-1]), flush=True)
+        print(console.epoch_line(epoch + 1, history[-1]), flush=True)
 
-    record = contract.RunRecord(
+    record = records.RunRecord(
         runner="raw",
         world_size=1,
         device="cpu",
@@ -80,7 +79,7 @@ def main() -> None:
         epochs=history,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    contract.save_run(run_dir, record, model.state_dict())
+    records.save_run(run_dir, record, model.state_dict())
 
 
 @torch.no_grad()
@@ -97,4 +96,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    contract.run_main(main)
+    entry.run_main(main)

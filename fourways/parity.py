@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fourways import task
+from fourways import settings, task
 
 INTERLEAVED, SHARDED = "interleaved", "sharded"
 
@@ -76,23 +76,17 @@ BF16_MIN_DIFF_FROM_FP32 = 0.0
 
 
 @dataclass(frozen=True)
-class Setup:
-    """One training, as every runner is told it: the task's knobs and the run's mode."""
+class Setup(settings.Settings):
+    """One training, as every runner is told it: the task's settings and how the run is launched
+    (processes, precision, and how its processes split each step's samples)."""
 
-    num_samples: int = task.NUM_SAMPLES
-    hidden_dim: int = task.HIDDEN_DIM
-    batch_size: int = task.GLOBAL_BATCH_SIZE  # global: split over processes and micro-batches
-    lr: float = task.LEARNING_RATE
-    epochs: int = task.EPOCHS
-    seed: int = task.SEED
     processes: int = 1
-    accumulate: int = 1
     precision: str = "32-true"
     grouping: str = INTERLEAVED
 
     @property
     def micro_batch(self) -> int:
-        return self.batch_size // (self.processes * self.accumulate)
+        return self.global_batch_size // (self.processes * self.accumulate)
 
 
 def grouping_of(runner: str, processes: int) -> str:
@@ -142,12 +136,13 @@ def replay(
     `divide_loss=False` and `order` exist to show that the checks catch the usual mistakes.
     """
     with threads(num_threads):
-        train_set, _ = task.split_dataset(
-            task.make_dataset(setup.num_samples, seed=setup.seed), seed=setup.seed
+        dataset = task.make_dataset(
+            setup.num_samples, setup.num_features, setup.label_noise, seed=setup.seed
         )
+        train_set, _ = task.split_dataset(dataset, setup.val_fraction, seed=setup.seed)
         x, y = train_set.tensors
         torch.manual_seed(setup.seed)  # as every runner seeds before building the model
-        model = task.MLP(hidden_dim=setup.hidden_dim).to(dtype)
+        model = task.MLP(setup.num_features, setup.hidden_dim, setup.num_classes).to(dtype)
         x = x.to(dtype)
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr)
         autocast = torch.autocast(

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from fourways import contract
+from fourways.contract import checkpoint_io, errors
 
 META_FILE = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's
@@ -79,7 +79,9 @@ def read_dcp_metadata(folder: Path) -> Metadata:
             raise ValueError(f"not DCP metadata: {type(metadata).__name__}")
         return metadata
 
-    return contract.read_checkpoint_file(folder / DCP_METADATA, load, (AttributeError, TypeError))
+    return checkpoint_io.read_checkpoint_file(
+        folder / DCP_METADATA, load, (AttributeError, TypeError)
+    )
 
 
 def check_dcp_items(folder: Path, metadata: Metadata) -> None:
@@ -97,22 +99,22 @@ def check_dcp_items(folder: Path, metadata: Metadata) -> None:
                 data = file.read(info.length)
             return torch.load(io.BytesIO(data), weights_only=True)
 
-        contract.read_checkpoint_file(path, load)
+        checkpoint_io.read_checkpoint_file(path, load)
 
 
 def read_sharded_checkpoint(folder: Path) -> dict[str, Any]:
     """Every file of a ModelParallelStrategy checkpoint folder read as tensors and plain values
     (the tensors themselves DCP reads with weights_only=True); returns `meta.pt`'s contents."""
     if not folder.is_dir():
-        raise contract.UsageError(f"no checkpoint to resume from at {folder}")
+        raise errors.UsageError(f"no checkpoint to resume from at {folder}")
     check_dcp_items(folder, read_dcp_metadata(folder))
-    return contract.load_checkpoint(folder / META_FILE)
+    return checkpoint_io.load_checkpoint(folder / META_FILE)
 
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
     """A Lightning checkpoint as tensors and plain values: a sharded folder (ModelParallelStrategy)
-    read by `read_sharded_checkpoint`, else one file (`contract.load_checkpoint`)."""
-    return read_sharded_checkpoint(path) if path.is_dir() else contract.load_checkpoint(path)
+    read by `read_sharded_checkpoint`, else one file (`checkpoint_io.load_checkpoint`)."""
+    return read_sharded_checkpoint(path) if path.is_dir() else checkpoint_io.load_checkpoint(path)
 
 
 def reshard(module: torch.nn.Module) -> None:
@@ -137,7 +139,7 @@ def swap_in(path: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
     if path.exists():
         path.rename(previous)
-    contract.commit_write(partial_path(path), path)  # fault point write-<name>:N before it
+    checkpoint_io.commit_write(partial_path(path), path)  # fault point write-<name>:N before it
     shutil.rmtree(previous, ignore_errors=True)
 
 

@@ -30,7 +30,8 @@ from conftest import (
 )  # fmt: skip
 from test_resume import RunsCode, checkpoint_args, killed_run, options, plant, resume_args
 
-from fourways import contract, parity, sharded
+from fourways import parity, sharded
+from fourways.contract import arguments, errors
 
 SHARDED_RUNNERS = ("torch", "fabric", "lightning")
 SEEDS = (1, 2)
@@ -48,7 +49,7 @@ def strategy_args(name: str, strategy: str) -> list[str]:
         return []  # Runner.command's 2-process default is DDP
     if name == "lightning":  # later on the command line than Runner's --trainer.strategy ddp
         return ["--config", "configs/lightning/fsdp2.yaml"]
-    return ["--strategy", contract.FSDP2]
+    return ["--strategy", arguments.FSDP2]
 
 
 def train(name: str, run_dir: Path, strategy: str, seed: int) -> None:
@@ -220,7 +221,7 @@ def test_no_sharded_checkpoint_file_can_run_code(where: str, tmp_path: Path) -> 
     assert not marker.exists()  # dcp.save pickled the object without running it
     if where == "metadata":  # DCP's own reader: pickle.load
         plant(folder / sharded.DCP_METADATA, marker)
-    with pytest.raises(contract.UsageError, match="more than tensors and plain values"):
+    with pytest.raises(errors.UsageError, match="more than tensors and plain values"):
         sharded.read_sharded_checkpoint(folder)
     assert not marker.exists()
     if where == "metadata":  # the payload is live: DCP's reader would have run it

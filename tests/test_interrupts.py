@@ -15,7 +15,8 @@ from conftest import PYTHON, ROOT, run, run_env
 
 import compare
 from benchmarks import overhead
-from fourways import contract, interrupts
+from fourways import interrupts
+from fourways.contract import errors
 
 START_TIMEOUT_S = 180  # torch's import and a launcher's start-up, on a loaded 2-core machine
 
@@ -114,12 +115,12 @@ def test_sigterm_on_the_benchmark_ends_the_pair_it_was_timing(tmp_path: Path) ->
 
 def test_an_interrupted_comparison_folder_may_be_reused_another_not(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
-    with pytest.raises(contract.UsageError, match="holds the runs of another comparison"):
+    with pytest.raises(errors.UsageError, match="holds the runs of another comparison"):
         compare.report_dir(tmp_path)
     (tmp_path / compare.INTERRUPTED).write_text("compare.py: interrupted by SIGINT ...\n")
     assert compare.report_dir(tmp_path) == tmp_path
     (tmp_path / "report.json").write_text("{}")
-    with pytest.raises(contract.UsageError, match="already holds a report"):
+    with pytest.raises(errors.UsageError, match="already holds a report"):
         compare.report_dir(tmp_path)
 
 

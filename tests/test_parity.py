@@ -43,7 +43,7 @@ def test_the_float64_check_catches_the_usual_mistakes() -> None:
         "loss not divided by K": parity.replay(parity.Setup(accumulate=2), FLOAT64,
                                                divide_loss=False),
         # an optimizer step after every micro-batch of 16 (measured 0.12)
-        "a step per micro-batch": parity.replay(parity.Setup(batch_size=16), FLOAT64),
+        "a step per micro-batch": parity.replay(parity.Setup(global_batch_size=16), FLOAT64),
     }  # fmt: skip
     for mistake, weights in mistakes.items():
         gap = parity.max_abs_diff(weights, one_device)

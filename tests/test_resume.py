@@ -33,7 +33,8 @@ from conftest import (
     task_config,
 )  # fmt: skip
 
-from fourways import contract, parity
+from fourways import parity
+from fourways.contract import checkpoint_io
 
 # Checkpoints every 7 optimizer steps (25 per epoch): the kill at step 60 falls in epoch 3,
 # after the checkpoint at step 56, the newest complete one: epoch 3, batch 6.
@@ -401,14 +402,14 @@ def test_fabric_loads_the_checkpoint_it_checked(
     run_dir, marker = tmp_path / "run", tmp_path / "ran"
     shutil.copytree(epoch_checkpoints["fabric"], run_dir)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    check = contract.load_checkpoint
+    check = checkpoint_io.load_checkpoint
 
     def check_then_swap(path: Path) -> dict:
         checkpoint = check(path)
         torch.save(RunsCode(marker), path)  # a valid torch file: an unsafe load runs it
         return checkpoint
 
-    monkeypatch.setattr(contract, "load_checkpoint", check_then_swap)
+    monkeypatch.setattr(checkpoint_io, "load_checkpoint", check_then_swap)
     code, err = resume_in_process("fabric", run_dir, [], capsys)
     assert not marker.exists(), "the swapped file's code ran"
     assert code == 0, err  # resumed from the checkpoint as checked, never reading it again

@@ -4,7 +4,7 @@ never interrupted: the same model.pt bit for bit, the same epochs, each recorded
 
 A kill at a fault point leaves on disk exactly what the run had written there. So one
 uninterrupted run per runner, in this process, copies its run directory at every fault point
-(`contract.inject_fault`, the point a `TASK_FAULT` kill would strike): each copy is the run
+(`faults.inject_fault`, the point a `TASK_FAULT` kill would strike): each copy is the run
 directory a kill there leaves. The real kills (a subprocess SIGKILLed) are in
 test_resume.py, at representative positions (mid-epoch, 1 and 2 processes; after an epoch's last
 batch, 2 processes and the Trainer on 1; during a checkpoint write).
@@ -23,7 +23,8 @@ from conftest import RUNNERS, assert_equals_replay, in_process, load_metrics, lo
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_module
-from fourways import contract, parity
+from fourways import parity
+from fourways.contract import faults
 
 STEPS_PER_EPOCH, EPOCHS, LR = 4, 3, 0.004
 # 160 samples: 128 to train (4 steps of 32), 32 to validate. A learning rate of its own: each
@@ -62,8 +63,8 @@ def snapshotting_run(
         if run_dir.is_dir() and key not in copies:
             copies[key] = shutil.copytree(run_dir, run_dir.parent / f"{run_dir.name}@{key}")
 
-    monkeypatch.setattr(contract, "FAULT", "snapshot")  # the Trainer's hook checks it first
-    monkeypatch.setattr(contract, "inject_fault", copy_at)
+    monkeypatch.setattr(faults, "FAULT", "snapshot")  # the Trainer's hook checks it first
+    monkeypatch.setattr(faults, "inject_fault", copy_at)
     result = in_process(BY_NAME[name].command(run_dir, 1, task_args(name, every_step)), capsys)
     monkeypatch.undo()
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
-from fourways import contract, task
+from fourways import task
+from fourways.contract import arguments, checkpoint_io, errors, run_dirs
 
 
 def test_model_has_418_parameters() -> None:
@@ -64,41 +65,41 @@ def test_one_device_walks_the_order_of_distributed_sampler(epoch: int) -> None:
 
 def test_global_batch_is_split_or_refused() -> None:
     assert (
-        contract.micro_batch_size(32, world_size=2, accumulate=1, num_train=800, num_val=200) == 16
+        arguments.micro_batch_size(32, world_size=2, accumulate=1, num_train=800, num_val=200) == 16
     )
     assert (
-        contract.micro_batch_size(32, world_size=2, accumulate=2, num_train=800, num_val=200) == 8
+        arguments.micro_batch_size(32, world_size=2, accumulate=2, num_train=800, num_val=200) == 8
     )
-    with pytest.raises(contract.UsageError, match="not divisible"):
-        contract.micro_batch_size(32, world_size=3, accumulate=1, num_train=800, num_val=200)
-    with pytest.raises(contract.UsageError, match="training samples"):
-        contract.micro_batch_size(32, world_size=2, accumulate=1, num_train=801, num_val=200)
-    with pytest.raises(contract.UsageError, match="validation samples"):
-        contract.micro_batch_size(32, world_size=16, accumulate=1, num_train=800, num_val=200)
+    with pytest.raises(errors.UsageError, match="not divisible"):
+        arguments.micro_batch_size(32, world_size=3, accumulate=1, num_train=800, num_val=200)
+    with pytest.raises(errors.UsageError, match="training samples"):
+        arguments.micro_batch_size(32, world_size=2, accumulate=1, num_train=801, num_val=200)
+    with pytest.raises(errors.UsageError, match="validation samples"):
+        arguments.micro_batch_size(32, world_size=16, accumulate=1, num_train=800, num_val=200)
 
 
 @pytest.mark.parametrize("world_size", [3, 5, 6, 7, 12, 16])
 @pytest.mark.parametrize("accumulate", [1, 3])
 def test_a_refused_split_names_combinations_that_work(world_size: int, accumulate: int) -> None:
     """The advice is followed, as a user would: every combination it names is accepted."""
-    with pytest.raises(contract.UsageError) as refused:
-        contract.micro_batch_size(32, world_size, accumulate, *contract.split_sizes(1000))
+    with pytest.raises(errors.UsageError) as refused:
+        arguments.micro_batch_size(32, world_size, accumulate, *arguments.split_sizes(1000))
     advice = str(refused.value)
     batch, samples = map(int, re.search(r"batch size of (\d+) and (\d+) samples", advice).groups())
-    contract.micro_batch_size(batch, world_size, accumulate, *contract.split_sizes(samples))
+    arguments.micro_batch_size(batch, world_size, accumulate, *arguments.split_sizes(samples))
     fitting = re.search(r"settings fit ([\d, or]+) process", advice)
     if accumulate == 3:  # 32 is not a multiple of 3: no process count can help
         assert fitting is None and "no process count fits" in advice
         return
     for n in map(int, re.findall(r"\d+", fitting.group(1))):
-        contract.micro_batch_size(32, n, accumulate, *contract.split_sizes(1000))
+        arguments.micro_batch_size(32, n, accumulate, *arguments.split_sizes(1000))
 
 
 def test_run_dirs_are_versioned(tmp_path: Path) -> None:
-    assert contract.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_0"
+    assert run_dirs.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_0"
     (tmp_path / "torch" / "version_0").mkdir(parents=True)
     (tmp_path / "torch" / "version_7").mkdir()
-    assert contract.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_8"
+    assert run_dirs.next_run_dir(tmp_path, "torch") == tmp_path / "torch" / "version_8"
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path: Path) ->
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        contract.atomic_write(target, broken)
+        checkpoint_io.atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
