@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# cli alone runs the comparison; the rest is for benchmarks/overhead.py until the merge (below).
 from fourways.compare import cli, plans, report
 from fourways.compare.processes import ended, execute, launch, reap
 from fourways.compare.progress import PlainProgress

@@ -30,6 +30,8 @@ CPU_PRECISIONS = ("32-true", "bf16-mixed")
 
 @dataclass(frozen=True)
 class Mode:
+    """How the runners train the task: processes, precision, accumulation, strategy."""
+
     processes: int = 1
     precision: str = "32-true"
     accumulate: int = 1

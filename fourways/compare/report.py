@@ -24,6 +24,7 @@ from fourways.compare.plans import Mode, Run
 from fourways.compare.plots import plot_curves, plot_step_times
 from fourways.compare.steplogs import epoch_step_s
 
+# What write_report leaves in the report folder (an interrupted comparison writes none of them).
 REPORT_FILES = ("report.json", "report.md", "curves.png", "step_time.png")
 # One row per run in report.md; the console shows CONSOLE_COLUMNS of them.
 COLUMNS = (
