@@ -185,6 +185,12 @@ def flags(settings: Settings, spelling: Callable[[Option], str]) -> list[str]:
     return [str(x) for flag, value in pairs if value is not None for x in (flag, value)]
 
 
+def from_args(args: argparse.Namespace) -> Settings:
+    """The settings an argparse namespace holds (by each option's dest); the others default."""
+    given = {o.key: getattr(args, o.dest) for o in OPTIONS if hasattr(args, o.dest)}
+    return Settings(**{key: value for key, value in given.items() if value is not None})
+
+
 def init_arguments(cls: Callable[..., Any], args: argparse.Namespace) -> dict[str, Any]:
     """`cls`'s init arguments taken from the hand-written runners' options, by name: a class
     (or function) of the task takes every argument it declares, none hand-listed here."""

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 
-import compare
 from fourways import parity, task
+from fourways.compare import checks, steplogs
+from fourways.compare.plans import Mode, Run
+from fourways.settings import Settings
 
 
 def validation_terms(epochs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,10 +61,10 @@ def test_the_metric_tolerance_catches_a_dropped_or_duplicated_validation_sample(
 SMALL = parity.Setup(num_samples=320, epochs=1)  # 8 steps: the replay takes a moment
 
 
-def a_run(tmp_path: Path, runner: str, weights: dict[str, torch.Tensor]) -> compare.Run:
+def a_run(tmp_path: Path, runner: str, weights: dict[str, torch.Tensor]) -> Run:
     """A finished run as compare.py collects it: exit 0, metrics.json, model.pt."""
-    settings = compare.TaskSettings(epochs=SMALL.epochs, num_samples=SMALL.num_samples)
-    run = compare.Run(runner, compare.Mode(), settings, tmp_path / runner, tmp_path / "logs")
+    settings = Settings(epochs=SMALL.epochs, num_samples=SMALL.num_samples)
+    run = Run(runner, Mode(), settings, tmp_path / runner, tmp_path / "logs", checkout=ROOT)
     run.run_dir.mkdir(parents=True)
     torch.save(weights, run.run_dir / "model.pt")
     epoch = {"epoch": 1, "train_loss": 0.69, "val_loss": 0.68, "val_acc": 0.6}
@@ -69,7 +72,7 @@ def a_run(tmp_path: Path, runner: str, weights: dict[str, torch.Tensor]) -> comp
                "accumulate_grad_batches": 1, "wall_clock_s": 0.1, "epochs": [epoch]}  # fmt: skip
     (run.run_dir / "metrics.json").write_text(json.dumps(metrics))
     run.exit_code, run.wall_s, run.max_rss_kib = 0, 1.0, 1024
-    compare.collect(run)
+    steplogs.collect(run)
     return run
 
 
@@ -78,30 +81,30 @@ def test_the_verdict_says_disagree_when_a_run_differs_from_its_replay(tmp_path: 
     off = {k: v.clone() for k, v in replayed.items()}
     off["out.bias"][0] = torch.nextafter(off["out.bias"][0], torch.tensor(1.0))  # one ulp
     runs = [a_run(tmp_path, "torch", replayed), a_run(tmp_path, "fabric", off)]
-    compare.check_runs(runs)
-    agree, lines = compare.verdict(runs)
+    checks.check_runs(runs)
+    agree, lines = checks.verdict(runs)
     assert not agree
     assert any(line.startswith("DISAGREE: fabric (1 process): weights differ") for line in lines)
     assert lines[-1] == "The runners do NOT agree."
     # and the same runs, both equal to the replay, agree: the verdict is not always "no"
     runs[1] = a_run(tmp_path / "again", "fabric", replayed)
-    compare.check_runs(runs)
-    assert compare.verdict(runs)[0]
+    checks.check_runs(runs)
+    assert checks.verdict(runs)[0]
 
 
 def test_the_verdict_says_disagree_when_metrics_json_contradicts_the_mode(tmp_path: Path) -> None:
     run = a_run(tmp_path, "torch", parity.replay(SMALL))
     assert run.metrics is not None
     run.metrics["world_size"] = 2  # a run that trained something else than it was asked
-    compare.check_runs([run])
-    agree, lines = compare.verdict([run])
+    checks.check_runs([run])
+    agree, lines = checks.verdict([run])
     assert not agree and "metrics.json says world_size 2, asked 1" in "\n".join(lines)
 
 
 def test_the_verdict_says_no_when_a_run_failed_or_was_not_checked(tmp_path: Path) -> None:
     good = a_run(tmp_path, "torch", parity.replay(SMALL))
-    compare.check_runs([good])
+    checks.check_runs([good])
     failed = dataclasses.replace(good, runner="fabric", exit_code=1, problems=None)
-    assert compare.verdict([good, failed])[0] is False
+    assert checks.verdict([good, failed])[0] is False
     unchecked = dataclasses.replace(good, runner="fabric", problems=None)
-    assert compare.verdict([good, unchecked])[0] is False
+    assert checks.verdict([good, unchecked])[0] is False

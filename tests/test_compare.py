@@ -17,9 +17,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import compare  # noqa: E402
 from benchmarks import overhead  # noqa: E402
 from fourways import parity  # noqa: E402
+from fourways.compare import checks, commands, steplogs  # noqa: E402
+from fourways.compare.plans import Mode, Run  # noqa: E402
+from fourways.settings import Settings  # noqa: E402
 
 SMALL = ["--epochs", "2", "--num-samples", "320"]  # 256 training samples: 8 steps per epoch
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +53,7 @@ def check_report(out: Path, result: subprocess.CompletedProcess[str], runs: int)
         assert data.startswith(PNG) and len(data) > 5000, name
     assert len(report["runs"]) == runs
     assert "| max \\|Δw\\| vs torch |" in markdown  # pipes in a header cell escaped: one table
-    table = result.stdout.split(compare.RULE)[0].splitlines()
+    table = result.stdout.split(checks.RULE)[0].splitlines()
     assert table and all(len(line) <= 100 for line in table), table  # the console's table fits
     for run in report["runs"]:
         said = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
@@ -113,13 +115,13 @@ def test_a_silent_fp32_run_fails_the_bf16_check(tmp_path: Path) -> None:
 
 def test_the_check_catches_fp32_weights_recorded_as_bf16(tmp_path: Path) -> None:
     # A runner that falls back silently writes "bf16-mixed" in metrics.json: the weights decide.
-    settings = compare.TaskSettings(epochs=1, num_samples=320)
-    run = compare.Run("fabric", compare.Mode(1, "bf16-mixed"), settings, tmp_path, tmp_path)
+    settings = Settings(epochs=1, num_samples=320)
+    run = Run("fabric", Mode(1, "bf16-mixed"), settings, tmp_path, tmp_path, checkout=ROOT)
     fp32 = dataclasses.replace(run.setup, precision="32-true")
     torch.save(parity.replay(fp32), tmp_path / "model.pt")
     run.exit_code = 0
     run.metrics = {"precision": "bf16-mixed", "world_size": 1, "accumulate_grad_batches": 1}
-    found = compare.problems(run, compare.load_weights(run), compare.References())
+    found = checks.problems(run, checks.load_weights(run), checks.References())
     assert any("did not compute in bf16" in problem for problem in found), found
     assert run.fp32_diff == 0.0 and run.reference_diff > 0
 
@@ -169,21 +171,23 @@ def test_fsdp2_mode_checks_the_sharded_run_and_shows_accelerate_refused(tmp_path
 def test_accelerate_training_under_fsdp2_counts_as_a_disagreement(tmp_path: Path) -> None:
     # Were Accelerate to train (plain DDP, as it does on CPUs when left alone), its weights could
     # equal the replay: the run must still not count as agreeing.
-    settings = compare.TaskSettings(epochs=1, num_samples=320)
-    run = compare.Run("accelerate", compare.Mode(2, strategy="fsdp2"), settings, tmp_path, tmp_path)
+    settings = Settings(epochs=1, num_samples=320)
+    run = Run("accelerate", Mode(2, strategy="fsdp2"), settings, tmp_path, tmp_path, checkout=ROOT)
     torch.save(parity.replay(run.setup), tmp_path / "model.pt")
     run.exit_code = 0
     run.metrics = {"precision": "32-true", "world_size": 2, "accumulate_grad_batches": 1}
-    found = compare.problems(run, compare.load_weights(run), compare.References())
+    found = checks.problems(run, checks.load_weights(run), checks.References())
     assert found and found[0].startswith("it trained, where it must refuse"), found
     assert run.reference_diff == 0.0  # the weights alone would have passed
     assert not run.refused_as_expected
 
 
 def test_fsdp2_commands_are_each_runners_own_spelling(tmp_path: Path) -> None:
-    settings, mode = compare.TaskSettings(), compare.Mode(2, strategy="fsdp2")
+    settings, mode = Settings(), Mode(2, strategy="fsdp2")
     argv = {
-        name: " ".join(compare.command(compare.Run(name, mode, settings, tmp_path, tmp_path))[0])
+        name: " ".join(
+            commands.command(Run(name, mode, settings, tmp_path, tmp_path, checkout=ROOT))[0]
+        )
         for name in ("torch", "fabric", "lightning", "accelerate")
     }
     assert "torch.distributed.run" in argv["torch"] and argv["torch"].endswith("--strategy fsdp2")
@@ -219,10 +223,10 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> No
 
 def test_steady_intervals_skip_warm_up_and_epoch_ends() -> None:
     times = [0, 1, 2, 3, 10, 11, 13, 16]  # 2 epochs of 4 steps; 3 -> 10 spans validation
-    assert compare.steady_intervals(times, epochs=2) == [1, 2, 3]
-    assert compare.steady_intervals(times, epochs=1) == [1, 1, 1, 7, 1, 2, 3]
-    assert compare.steady_intervals(times[:7], epochs=2) == []  # steps do not split evenly
-    assert compare.quartiles([4, 1, 3, 2, 5]) == {"median": 3, "p25": 2, "p75": 4, "n": 5}
+    assert steplogs.steady_intervals(times, epochs=2) == [1, 2, 3]
+    assert steplogs.steady_intervals(times, epochs=1) == [1, 1, 1, 7, 1, 2, 3]
+    assert steplogs.steady_intervals(times[:7], epochs=2) == []  # steps do not split evenly
+    assert steplogs.quartiles([4, 1, 3, 2, 5]) == {"median": 3, "p25": 2, "p75": 4, "n": 5}
 
 
 def test_benchmark_pairs_every_ratio_and_attributes(tmp_path: Path) -> None:
@@ -236,11 +240,11 @@ def test_benchmark_pairs_every_ratio_and_attributes(tmp_path: Path) -> None:
         assert first.env["COMPARE_PAUSE_AT"] == second.env["COMPARE_PAUSE_AT"] == "1001"
         assert first.log_dir != second.log_dir and first.repeat == second.repeat
     site = "/venv/lib/python3.11/site-packages"
-    stack = [f"{compare.ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
+    stack = [f"{ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
     assert overhead.area_of([*stack, f"{site}/torch/_tensor.py:backward"]) == "torch backward"
     setattr_frame = f"{site}/torch/nn/modules/module.py:__setattr__"
     assert overhead.area_of([*stack, setattr_frame]) == "lightning.pytorch"
-    assert overhead.area_of([f"{compare.ROOT}/simple_train.py:main"]) == "runner code"
+    assert overhead.area_of([f"{ROOT}/simple_train.py:main"]) == "runner code"
 
 
 def test_a_paired_ratio_cancels_the_machine_drifting_under_it() -> None:
@@ -282,7 +286,7 @@ def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
     finally:
         os.sched_setaffinity(0, own)
     for run in runs:
-        compare.collect(run)
+        steplogs.collect(run)
         assert run.ok, (run.log_dir / "stderr.log").read_text()[-2000:]
         times = next(
             log["step_times"]

@@ -16,6 +16,7 @@ from conftest import PYTHON, ROOT, run, run_env
 import compare
 from benchmarks import overhead
 from fourways import interrupts
+from fourways.compare import cli, report
 from fourways.contract import errors
 
 START_TIMEOUT_S = 180  # torch's import and a launcher's start-up, on a loaded 2-core machine
@@ -90,13 +91,13 @@ def test_ctrl_c_on_compare_ends_a_launcher_and_its_ranks(tmp_path: Path) -> None
     line = err.strip().splitlines()[-1]
     assert line.startswith("compare.py: interrupted by SIGINT: ended 1 run(s) in progress"), err
     assert "torch (2 processes)" in line and line.endswith("; no report written")
-    assert not any((out / name).exists() for name in compare.REPORT_FILES)
+    assert not any((out / name).exists() for name in report.REPORT_FILES)
     # The same --out again: the interrupted comparison's runs make way, this one reports.
     again = run([PYTHON, "compare.py", "--runners", "torch", "--epochs", "1", "--num-samples",
                  "320", "--out", str(out)])  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "held an interrupted run of it: its runs are replaced" in again.stderr
-    assert (out / "report.json").exists() and not (out / compare.INTERRUPTED).exists()
+    assert (out / "report.json").exists() and not (out / interrupts.INTERRUPTED).exists()
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["1p-32-true-acc1"]
 
 
@@ -116,12 +117,12 @@ def test_sigterm_on_the_benchmark_ends_the_pair_it_was_timing(tmp_path: Path) ->
 def test_an_interrupted_comparison_folder_may_be_reused_another_not(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     with pytest.raises(errors.UsageError, match="holds the runs of another comparison"):
-        compare.report_dir(tmp_path)
-    (tmp_path / compare.INTERRUPTED).write_text("compare.py: interrupted by SIGINT ...\n")
-    assert compare.report_dir(tmp_path) == tmp_path
+        cli.report_dir(tmp_path, ROOT)
+    (tmp_path / interrupts.INTERRUPTED).write_text("compare.py: interrupted by SIGINT ...\n")
+    assert cli.report_dir(tmp_path, ROOT) == tmp_path
     (tmp_path / "report.json").write_text("{}")
     with pytest.raises(errors.UsageError, match="already holds a report"):
-        compare.report_dir(tmp_path)
+        cli.report_dir(tmp_path, ROOT)
 
 
 @pytest.mark.parametrize("script", ["compare.py", "benchmarks/overhead.py"])
