@@ -96,7 +96,9 @@ def points(section: str, quick: bool) -> list[Point]:
     raise ValueError(section)
 
 
-def plan(sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Path) -> list:
+def plan(
+    sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Path
+) -> list[BenchRun]:
     """Each repeat runs every configuration once; runners (headline: pairs) rotate their order
     from one repeat to the next."""
     runs = []
