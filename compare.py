@@ -50,52 +50,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-# cli alone runs the comparison; the rest is for benchmarks/overhead.py until the merge (below).
-from fourways import settings
-from fourways.compare import cli, plans, report
-from fourways.compare.processes import ended, execute, launch, reap
-from fourways.compare.progress import PlainProgress
-from fourways.compare.report import markdown_table, shown
-from fourways.compare.steplogs import collect, quartiles
+from fourways.compare import cli
 
 ROOT = Path(__file__).resolve().parent  # the checkout: the runners, minimal/, the step timer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return cli.main(argv, checkout=ROOT)
-
-
-# Until issue 17's merge: benchmarks/overhead.py still reaches this machinery as `compare.X`.
-# These names keep it working until it imports fourways.compare itself; then this block goes.
-__all__ = [
-    "Mode",
-    "PlainProgress",
-    "Run",
-    "TaskSettings",
-    "collect",
-    "ended",
-    "execute",
-    "launch",
-    "machine",
-    "markdown_table",
-    "quartiles",
-    "reap",
-    "shown",
-]
-Mode, TaskSettings = plans.Mode, settings.Settings
-
-
-@dataclass
-class Run(plans.Run):
-    checkout: Path = field(default=ROOT, kw_only=True)
-
-
-def machine() -> dict[str, Any]:
-    return report.machine(ROOT)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks import overhead  # noqa: E402
 from fourways import parity  # noqa: E402
+from fourways.benchmark import plans, plots, profiling, results, sections, slicing  # noqa: E402
 from fourways.compare import checks, commands, steplogs  # noqa: E402
 from fourways.compare.plans import Mode, Run  # noqa: E402
 from fourways.settings import Settings  # noqa: E402
@@ -230,27 +230,28 @@ def test_steady_intervals_skip_warm_up_and_epoch_ends() -> None:
 
 
 def test_benchmark_pairs_every_ratio_and_attributes(tmp_path: Path) -> None:
-    runs = overhead.plan(["headline"], {"headline": 2}, quick=True, out=tmp_path)
+    runs = plans.plan(["headline"], {"headline": 2}, quick=True, out=tmp_path, root=ROOT)
     pairs = [tuple(r.runner for r in runs[i : i + 2]) for i in range(0, len(runs), 2)]
-    wanted = [(reference, subject) for subject, reference in overhead.HEADLINE_PAIRS]
+    wanted = [(reference, subject) for subject, reference in plans.HEADLINE_PAIRS]
     assert len(wanted) == 8 and {("raw", "min-torch"), ("min-fabric", "fabric")} <= set(wanted)
     assert pairs == wanted + wanted[1:] + wanted[:1]  # reference first; each repeat rotates
     for first, second in zip(runs[::2], runs[1::2], strict=True):
-        assert first.pair == second.pair == overhead.pair_name(second.runner, first.runner)
+        assert first.pair == second.pair == plans.pair_name(second.runner, first.runner)
         assert first.env["COMPARE_PAUSE_AT"] == second.env["COMPARE_PAUSE_AT"] == "1001"
         assert first.log_dir != second.log_dir and first.repeat == second.repeat
     site = "/venv/lib/python3.11/site-packages"
     stack = [f"{ROOT}/lightning_module.py:main", f"{site}/lightning/pytorch/loops/x.py:run"]
-    assert overhead.area_of([*stack, f"{site}/torch/_tensor.py:backward"]) == "torch backward"
+    backward = f"{site}/torch/_tensor.py:backward"
+    assert profiling.area_of([*stack, backward], ROOT) == "torch backward"
     setattr_frame = f"{site}/torch/nn/modules/module.py:__setattr__"
-    assert overhead.area_of([*stack, setattr_frame]) == "lightning.pytorch"
-    assert overhead.area_of([f"{ROOT}/simple_train.py:main"]) == "runner code"
+    assert profiling.area_of([*stack, setattr_frame], ROOT) == "lightning.pytorch"
+    assert profiling.area_of([f"{ROOT}/simple_train.py:main"], ROOT) == "runner code"
 
 
 def test_a_paired_ratio_cancels_the_machine_drifting_under_it() -> None:
     """Slices alternate every SLICE_S while the machine's speed swings 1.9x within a second:
     a run 7 % slower than its reference reads as 1.07, not as the swing."""
-    slice_s = overhead.SLICE_S
+    slice_s = slicing.SLICE_S
 
     def speed(t: float) -> float:  # seconds per step of the reference at time t
         return 1e-3 * (1.45 + 0.45 * math.sin(2 * math.pi * t / 0.8))
@@ -260,16 +261,16 @@ def test_a_paired_ratio_cancels_the_machine_drifting_under_it() -> None:
     run = [(t, 1.07 * speed(t)) for t in starts[1::2]]
     # The mean of the slices either side misses a curved drift by at most 2.4 % here (half its
     # second derivative times SLICE_S squared), as often up as down: the median, within 1 %.
-    assert overhead.paired_ratio(run, reference) == pytest.approx(1.07, rel=0.01)
+    assert slicing.paired_ratio(run, reference) == pytest.approx(1.07, rel=0.01)
     unpaired = statistics.median(m for _, m in run) / statistics.median(m for _, m in reference)
     assert abs(unpaired - 1.07) > 0.02  # what comparing the runs' medians alone would give
     # A slice with no reference slice close on both sides (the other run had ended, or the
     # orchestrator lagged) is left out; too few compared slices give no ratio at all.
-    assert overhead.paired_ratio(run[-3:], reference) is None
+    assert slicing.paired_ratio(run[-3:], reference) is None
     gap = reference[:5] + reference[8:]  # 0.4 s between two reference slices: 4 run slices out
-    assert overhead.paired_ratio(run, gap) == pytest.approx(1.07, rel=0.01)
-    assert overhead.paired_ratio(run[:7], reference) is not None
-    assert overhead.paired_ratio(run[:7], gap) is None  # 4 of its 7 slices left: too few
+    assert slicing.paired_ratio(run, gap) == pytest.approx(1.07, rel=0.01)
+    assert slicing.paired_ratio(run[:7], reference) is not None
+    assert slicing.paired_ratio(run[:7], gap) is None  # 4 of its 7 slices left: too few
 
 
 @pytest.mark.slow
@@ -277,12 +278,12 @@ def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
     """Two real runs on one CPU: after both reach the barrier, each takes steps only inside its
     own time slices, the other stopped; both end well and give a paired ratio. The benchmark
     itself shares their CPU here, the worst case: a run it wakes preempts it and steps at once."""
-    point = overhead.Point("headline", "min-torch", **overhead.HEADLINE)  # as the benchmark runs
-    reference, subject = runs = overhead.pair_runs(point, "raw", 0, tmp_path)
+    point = plans.Point("headline", "min-torch", **plans.HEADLINE)  # as the benchmark runs
+    reference, subject = runs = plans.pair_runs(point, "raw", 0, tmp_path, ROOT)
     own = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(own)})  # execute_pair puts the runs on this CPU
     try:
-        overhead.execute_pair(runs, timeout=240)
+        slicing.execute_pair(runs, timeout=240)
     finally:
         os.sched_setaffinity(0, own)
     for run in runs:
@@ -293,7 +294,7 @@ def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
             for log in map(json.loads, map(Path.read_text, (run.log_dir / "steps").glob("*.json")))
             if log["step_times"]
         )
-        assert len(times) == overhead.steps_per_epoch(point) * point.epochs
+        assert len(times) == plans.steps_per_epoch(point) * point.epochs
         barrier = int(run.env["COMPARE_PAUSE_AT"])
         # SIGSTOP takes effect within a scheduler tick: a step may land just past its slice.
         late = 0.02
@@ -305,7 +306,7 @@ def test_a_pair_trains_by_turns_after_its_barrier(tmp_path: Path) -> None:
         assert outside == [], f"{run.runner}: {len(outside)} steps outside its slices"
     slices = sorted(window for run in runs for window in run.windows)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(slices))  # one run at a time
-    assert overhead.paired_ratio(overhead.slice_medians(subject), overhead.slice_medians(reference))
+    assert slicing.paired_ratio(slicing.slice_medians(subject), slicing.slice_medians(reference))
 
 
 def test_the_headline_report_states_each_split_ratio(tmp_path: Path) -> None:
@@ -314,38 +315,38 @@ def test_the_headline_report_states_each_split_ratio(tmp_path: Path) -> None:
     whose interval covers the 95 % a verdict needs."""
     records = []
     for repeat in range(7):
-        for subject, reference in overhead.HEADLINE_PAIRS:
+        for subject, reference in plans.HEADLINE_PAIRS:
             for runner, factor in ((reference, 1.0), (subject, 1.03)):
-                starts = [i * overhead.SLICE_S for i in range(int(runner == subject), 40, 2)]
-                point = overhead.Point("headline", runner, **overhead.HEADLINE)
+                starts = [i * slicing.SLICE_S for i in range(int(runner == subject), 40, 2)]
+                point = plans.Point("headline", runner, **plans.HEADLINE)
                 records.append(
                     dataclasses.asdict(point)
-                    | {"repeat": repeat, "ok": True, "pair": overhead.pair_name(subject, reference)}
+                    | {"repeat": repeat, "ok": True, "pair": plans.pair_name(subject, reference)}
                     | {"slices": [(t, factor * (1e-3 + repeat * 1e-4)) for t in starts]}
                     | {"step_us": 1000 * factor, "peak_rss_mib": 300.0}
                 )
     short = [r for r in records if r["pair"] == "min-torch-vs-raw" and r["repeat"] == 0]
     for rec in short:  # one repeat of one pair whose runs shared 4 slices only: left out
         rec["slices"] = rec["slices"][:4]
-    res = overhead.Results(records)
-    body, verdicts = overhead.headline_section(res, quick=True)
+    res = results.Results(records)
+    body, verdicts = sections.headline_section(res, quick=True)
     assert body.count("1.03 [1.03–1.03]") == 7  # three framework ratios, four project ratios
     assert sum(line.endswith(": met") for line in verdicts) == 5 and "0 of the 8" in verdicts[-1]
     assert verdicts[-2] == "repeats left out, under 5 slices paired: 1 of min-torch-vs-raw"
     assert "over n = 6 repeats (min–max), which holds the true median with probability 96.9%" in (
         body
     )
-    overhead.plot_headline(res, tmp_path / "headline.png")
+    plots.plot_headline(res, tmp_path / "headline.png")
     assert (tmp_path / "headline.png").read_bytes().startswith(PNG)
 
 
 def test_benchmark_ratios_carry_an_interval_and_a_verdict() -> None:
-    tight = overhead.spread([1.04, 1.05, 1.05, 1.06, 1.05, 1.05, 1.04])
+    tight = results.spread([1.04, 1.05, 1.05, 1.06, 1.05, 1.05, 1.04])
     assert tight["low"] <= tight["median"] == 1.05 <= tight["high"] <= 1.06
-    assert not overhead.too_wide(tight, quick=False)
-    assert overhead.target_line("full ÷ minimal", tight, 1.10).endswith(": met")
-    over = overhead.spread([1.3, 1.31, 1.32, 1.3, 1.31, 1.3])
-    assert "MISSED" in overhead.target_line("x", over, 1.10)
-    straddling = overhead.spread([1.0, 1.2, 1.05, 1.15, 1.1])
-    assert "undecided" in overhead.target_line("x", straddling, 1.10)
-    assert overhead.too_wide(overhead.spread([0.8, 1.0, 1.3]), quick=True)
+    assert not sections.too_wide(tight, quick=False)
+    assert sections.target_line("full ÷ minimal", tight, 1.10).endswith(": met")
+    over = results.spread([1.3, 1.31, 1.32, 1.3, 1.31, 1.3])
+    assert "MISSED" in sections.target_line("x", over, 1.10)
+    straddling = results.spread([1.0, 1.2, 1.05, 1.15, 1.1])
+    assert "undecided" in sections.target_line("x", straddling, 1.10)
+    assert sections.too_wide(results.spread([0.8, 1.0, 1.3]), quick=True)

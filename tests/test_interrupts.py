@@ -16,6 +16,7 @@ from conftest import PYTHON, ROOT, run, run_env
 import compare
 from benchmarks import overhead
 from fourways import interrupts
+from fourways.benchmark import cli as benchmark_cli
 from fourways.compare import cli, report
 from fourways.contract import errors
 
@@ -144,11 +145,11 @@ def test_the_benchmark_reuses_an_interrupted_folder_only(
 ) -> None:
     (tmp_path / "runs").mkdir()
     with pytest.raises(SystemExit) as exit_:
-        overhead.parse_args(["--out", str(tmp_path)])
+        benchmark_cli.parse_args(["--out", str(tmp_path)], ROOT)
     assert exit_.value.code == 2
     assert "holds the runs of another benchmark" in capsys.readouterr().err
     interrupts.mark_interrupted(tmp_path, "benchmarks/overhead.py: interrupted by SIGINT ...")
-    assert overhead.parse_args(["--out", str(tmp_path)]).out == tmp_path
+    assert benchmark_cli.parse_args(["--out", str(tmp_path)], ROOT).out == tmp_path
     interrupts.clear_interrupted(tmp_path, "benchmarks/overhead.py")
     assert list(tmp_path.iterdir()) == []
     assert "its runs are replaced" in capsys.readouterr().err

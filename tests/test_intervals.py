@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import intervals, overhead
+from fourways.benchmark import intervals, sections
+from fourways.benchmark.results import spread
 
 TRIALS = 4000
 # Each distribution with its true median: symmetric, skewed (like step times: a long right tail),
@@ -68,12 +69,12 @@ def test_the_coverage_of_min_max_and_of_narrower_intervals() -> None:
 
 def test_a_verdict_needs_an_interval_that_covers_95_percent() -> None:
     under = [1.01, 1.02, 1.03, 1.01, 1.02, 1.03]
-    assert overhead.target_line("r", overhead.spread(under[:3]), 1.10).endswith(
+    assert sections.target_line("r", spread(under[:3]), 1.10).endswith(
         "undecided: 3 repeats give a 75.0% interval, a verdict needs 95% (6 repeats or more)"
     )
-    assert overhead.target_line("r", overhead.spread(under), 1.10).endswith(": met")
+    assert sections.target_line("r", spread(under), 1.10).endswith(": met")
     over = [1.2 + x for x in under]
-    assert overhead.target_line("r", overhead.spread(over), 1.10).endswith(": MISSED")
-    spans = overhead.target_line("r", overhead.spread(under), 1.02)
+    assert sections.target_line("r", spread(over), 1.10).endswith(": MISSED")
+    spans = sections.target_line("r", spread(under), 1.02)
     assert "undecided: the interval spans" in spans
-    assert statistics.median(under) == overhead.spread(under)["median"]
+    assert statistics.median(under) == spread(under)["median"]
