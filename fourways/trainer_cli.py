@@ -93,6 +93,12 @@ class EpochBar(TQDMProgressBar):
 class TaskCLI(LightningCLI):
     """LightningCLI with the contract's run directory, outputs and refusals."""
 
+    # On resume (or validate) from --ckpt_path: the configuration the checkpoint records, and the
+    # checkpoint as read and checked on parsing (handed to the Trainer: the file checked is the
+    # file loaded).
+    recorded: dict[str, Any] | None = None
+    checked: tuple[Path, dict[str, Any]] | None = None
+
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # LightningCLI.init_parser, with the contract's one-line errors.
         parser = OneLineErrorParser(**kwargs)
@@ -143,6 +149,11 @@ class TaskCLI(LightningCLI):
             recorded,
         )
         if subcommand == "fit":
+            if "position" not in checkpoint:
+                raise contract.UsageError(
+                    "the checkpoint does not record its position (written by an older version); "
+                    "start a new run directory"
+                )
             reached = contract.epochs_reached(checkpoint["position"])
             contract.check_epochs_left(config.trainer.max_epochs, reached, "--trainer.max_epochs")
 
@@ -200,7 +211,7 @@ class TaskCLI(LightningCLI):
                 [contract.Setting("world_size", processes, trainer.world_size, None)],
                 self.recorded,
             )
-        hand_over_checked(trainer.strategy, getattr(self, "checked", None))
+        hand_over_checked(trainer.strategy, self.checked)
         self.checkpoint = fit.checkpoint
         self.checkpoint.record_run(self.run_config)
 
@@ -212,7 +223,7 @@ class TaskCLI(LightningCLI):
                 "folder: leave --trainer.logger.init_args.version out"
             )
         read_weights_only(self.config_init.validate)
-        hand_over_checked(self.trainer.strategy, getattr(self, "checked", None))
+        hand_over_checked(self.trainer.strategy, self.checked)
 
     def trainer_run_config(self) -> dict[str, Any]:
         """The run's configuration, keyed as the other runners key it (contract.settle_config)."""
