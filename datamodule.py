@@ -9,7 +9,7 @@ from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveIn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fourways import task
+from fourways import task, workarounds
 from fourways.contract import arguments
 
 # torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
@@ -56,19 +56,15 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         sampler = task.EpochShuffleSampler(self.train_set, seed=self.hparams.seed)
         if self.trainer is not None:
-            # A Trainer that resumes draws this loader's first order as soon as it is built,
-            # before it sets the sampler's epoch (mid-epoch: to fast-forward it): so start it at
-            # the epoch about to train, and under DDP build the DistributedSampler here rather
-            # than let the Trainer swap it in. That epoch is the loop's count of processed
-            # epochs, as Lightning itself sets it (fit_loop.py, on_advance_start): from an
-            # epoch-end checkpoint, `current_epoch` still names the epoch just finished here
-            # (lightning 2.6.6; the order of the epoch after it would be the finished one's).
+            # A resumed Trainer draws this loader's first order before it sets the sampler's
+            # epoch: so the sampler starts at the epoch about to train (see workarounds), and
+            # under DDP it is built here rather than swapped in by the Trainer.
             if self.trainer.world_size > 1:
                 sampler = DistributedSampler(
                     self.train_set, self.trainer.world_size, self.trainer.global_rank,
                     seed=self.hparams.seed,
                 )  # fmt: skip
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            sampler.set_epoch(workarounds.epoch_about_to_train(self.trainer))
         # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
         # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
         return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for task.py
+# The checkout's fourways package, as the runners at its top import it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fourways import task
 from fourways.contract import arguments, console, entry, errors, records, resume, run_dirs
 from fourways.settings import init_arguments

@@ -2,7 +2,7 @@
 
 This is all that the minimal loops in `minimal/` import, and what the full runners train. It
 needs torch alone. The full runners' shared promises (arguments, run directories, records,
-checkpoints, errors) live in `contract.py`.
+checkpoints, errors) live in `fourways.contract`.
 """
 
 from __future__ import annotations

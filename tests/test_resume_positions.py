@@ -13,16 +13,13 @@ batch, 2 processes and the Trainer on 1; during a checkpoint write).
 from __future__ import annotations
 
 import csv
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import RUNNERS, assert_equals_replay, in_process, load_metrics, load_weights
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-import lightning_module
 from fourways import parity
 from fourways.contract import faults
 
@@ -84,7 +81,7 @@ def epoch_numbers(stdout: str) -> list[int]:
 def newest_step(name: str, killed_at: int) -> int:
     """The optimizer step of the newest checkpoint a kill after step `killed_at` leaves, in a
     run that checkpoints every step. The Trainer saves an epoch's last step after validation
-    (lightning_module.Checkpoint), so a kill before that resumes from the step before."""
+    (fourways.workarounds), so a kill before that resumes from the step before."""
     return killed_at - (name == "lightning" and killed_at % STEPS_PER_EPOCH == 0)
 
 
@@ -181,18 +178,3 @@ def test_resume_from_every_position_of_a_small_run(name: str, tmp_path, capsys, 
         step = killed_at - killed_at % STEPS_PER_EPOCH
         expected = (*position(step, after_validation=True), step)
         assert_resumes_exactly(name, copies[key], tmp_path / "epochs", expected, capsys)
-
-
-@pytest.mark.slow
-def test_lightning_still_needs_the_last_batch_workaround(tmp_path, capsys, monkeypatch) -> None:
-    # lightning_module.Checkpoint saves an epoch's last step after validation because Lightning
-    # 2.6.6 resumes a checkpoint taken after that batch as if the epoch were over. With
-    # ModelCheckpoint's own hooks, that resume must still go wrong here; when it no longer does,
-    # Lightning has changed and the workaround can go.
-    for hook in ("on_train_batch_end", "on_train_epoch_end"):
-        monkeypatch.setattr(lightning_module.Checkpoint, hook, getattr(ModelCheckpoint, hook))
-    copies = snapshotting_run("lightning", tmp_path / "run", True, capsys, monkeypatch)
-    code, out, err = resume("lightning", copies["step:4"], capsys)
-    assert code == 0, err
-    epochs = load_metrics(copies["step:4"])["epochs"]
-    assert any(math.isnan(e["val_loss"]) for e in epochs) or len(epochs) != EPOCHS, out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -82,29 +81,17 @@ def test_console_outside_a_terminal_redraws_nothing(single_device_runs: dict[str
         assert f"run saved in {run_dir} (model.pt, metrics.json)" in out.splitlines(), name
 
 
-STEP_HOOKS = {
-    "on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
-    "on_before_zero_grad", "on_train_batch_end",
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("every_n_steps", [0, 5])
-def test_trainer_callbacks_stay_off_the_step_path(tmp_path: Path, every_n_steps: int) -> None:
-    """A callback on the step path cost ~7 % of this MLP's step (docs/comparison.md): the Trainer
-    runner's checkpoint callback is called per step only when it saves every N steps, the config
-    writer only at setup, and both still do their work. Lightning's profiler names every callback
-    hook the Trainer called."""
+def test_trainer_checkpoints_as_its_flags_say(tmp_path: Path, every_n_steps: int) -> None:
+    """The Trainer runner's ModelCheckpoint and config writer are Lightning's, configured by their
+    public flags (their per-step cost is the benchmark's to show, docs/comparison.md): every N
+    steps a step checkpoint, always last.ckpt, and the run's config.yaml."""
     command = [PYTHON, "lightning_module.py", "fit", "--trainer.accelerator", "cpu",
-               "--trainer.max_epochs", "1", "--data.num_samples", "320", "--trainer.profiler",
-               "simple", "--checkpoint.every_n_train_steps", str(every_n_steps),
+               "--trainer.max_epochs", "1", "--data.num_samples", "320",
+               "--checkpoint.every_n_train_steps", str(every_n_steps),
                "--trainer.logger.init_args.save_dir", str(tmp_path)]  # fmt: skip
     result = run(command)
     assert result.returncode == 0, result.stderr
-    called = set(re.findall(r"\[Callback\](\w+)[^|]*\.(\w+)\s+\|", result.stdout + result.stderr))
-    assert ("Checkpoint", "on_train_epoch_end") in called, called
-    assert {hook for who, hook in called if who == "SaveConfigOnce"} == {"setup"}
-    per_step = {hook for who, hook in called if hook in STEP_HOOKS}
-    assert per_step == ({"on_train_batch_end"} if every_n_steps else set()), called
     run_dir = tmp_path / "lightning" / "version_0"
     assert (run_dir / "config.yaml").is_file()
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())

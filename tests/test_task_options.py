@@ -12,7 +12,8 @@ from jsonargparse import Namespace
 
 from datamodule import TaskDataModule
 from fourways import settings, task
-from lightning_module import MLPClassifier, cli_options
+from fourways.trainer_cli import cli_options
+from lightning_module import MLPClassifier
 
 # Away from every default: 160 samples (120 to train: 4 steps of 30, 40 to validate).
 GIVEN = {"num_samples": 160, "num_features": 12, "num_classes": 3, "label_noise": 0.3,

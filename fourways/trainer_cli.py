@@ -1,0 +1,269 @@
+"""LightningCLI as the Lightning Trainer runner (lightning_module.py) needs it for the run contract.
+
+What a plain LightningCLI does not do: one-line refusals of bad input (exit status 2), the
+contract's run directory and outputs (model.pt, metrics.json), a resume that takes the run's
+recorded configuration and refuses a contradicting option, a console like the other runners'
+(epoch lines; a bar on a terminal only). Everything through LightningCLI's public hooks; the model
+and data classes are handed in by the entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import StrategyRegistry
+
+from fourways import settings, sharded
+from fourways.contract import arguments, console, entry, errors, records, resume, run_dirs
+from fourways.trainer_checkpoints import (
+    Checkpoint,
+    checkpoint_file,
+    hand_over_checked,
+    plain_values,
+    read_checked,
+    read_weights_only,
+)
+
+# Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
+# seed and the device. Bad input then leaves one line on stderr, as the contract asks.
+NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not record.getMessage().startswith(NOISE)
+)
+logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+# `validate` restores ModelCheckpoint's state under another log folder; nothing is saved there.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+# The CSV loggers warn about a run directory that already holds files: here, our checkpoints; on
+# a resume the logged history is replayed (Fabric) and metrics.json stays complete.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+# The subcommands offered, each reading the task's data: fit trains, validate reports.
+READS = ("fit", "validate")
+# The run's configuration keys (resume.settle_config's) that the Trainer's own options hold;
+# every init argument of the data and the model is recorded too (cli_options).
+OWN_CLASSES = ("data.", "model.")
+# The run's settings that are the Trainer's own options (settings.Settings spells each), and the
+# precision, which is the runner's; every init argument of the data and the model is recorded
+# too (cli_options), under its key in the configuration (RENAMED where the two differ).
+TRAINER_OPTIONS = {
+    o.key: o.trainer for o in settings.OPTIONS if not o.trainer.startswith(OWN_CLASSES)
+} | {"precision": "trainer.precision"}
+RENAMED = {
+    o.trainer.split(".", 1)[1]: o.key
+    for o in settings.OPTIONS
+    if o.trainer.startswith(OWN_CLASSES) and o.trainer.split(".", 1)[1] != o.key
+}
+ACCELERATORS = ("auto", *AcceleratorRegistry.available_accelerators())
+STRATEGIES = ("auto", *StrategyRegistry.available_strategies())
+
+
+def cli_options(fit: Any) -> dict[str, str]:
+    """The run's configuration as LightningCLI options, `{key: option}`: the Trainer's, then
+    every init argument of the data and the model as parsed (their signatures, none listed
+    here). The data's come first: a linked model argument (num_features) is set through it."""
+    options = dict(TRAINER_OPTIONS)
+    for group in ("data", "model"):
+        for name in vars(fit[group]):
+            options.setdefault(RENAMED.get(name, name), f"{group}.{name}")
+    return options
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad option or config file is reported as the contract's one line, exit status 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        errors.fail(" ".join(message.split()) + " (see --help)")
+
+
+class EpochBar(TQDMProgressBar):
+    """The Trainer's bar, on a terminal only, with epochs counted from 1 as the epoch lines are."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}")
+
+
+class TaskCLI(LightningCLI):
+    """LightningCLI with the contract's run directory, outputs and refusals."""
+
+    # On resume (or validate) from --ckpt_path: the configuration the checkpoint records, and the
+    # checkpoint as read and checked on parsing (handed to the Trainer: the file checked is the
+    # file loaded).
+    recorded: dict[str, Any] | None = None
+    checked: tuple[Path, dict[str, Any]] | None = None
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI.init_parser, with the contract's one-line errors.
+        parser = OneLineErrorParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config file")
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Checkpoints at each epoch's end, or every N steps (--checkpoint.every_n_train_steps N),
+        # and always last.ckpt: resume with --ckpt_path last and the same logger version.
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        # One seed for everything: the data, the initial weights and the data order.
+        parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("data.num_features", "model.num_features")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """`fit` and `validate`: the task has no test or prediction data to give the others."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in READS}
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """With --ckpt_path, the checkpoint's configuration becomes the defaults, so that options
+        left out continue (or validate) the run as configured and a contradicting one is refused."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand not in READS or self.config[subcommand].ckpt_path is None:
+            return
+        path = checkpoint_file(self.config[subcommand], subcommand)
+        checkpoint = read_checked(path)
+        recorded = checkpoint.get("run_config", {})
+        options = cli_options(self.config[subcommand])
+        parser.set_defaults(
+            {f"{subcommand}.{option}": recorded[key] for key, option in options.items()
+             if key in recorded}
+        )  # fmt: skip
+        super().parse_arguments(parser, args)
+        config = self.config[subcommand]
+        config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
+        self.recorded, self.checked = recorded, (path, checkpoint)
+        given = {key: config[option] for key, option in options.items()}
+        resume.settle_config(
+            [
+                resume.Given(
+                    key, f"--{options[key]}", None if value == recorded.get(key) else value, None
+                )
+                for key, value in given.items()
+            ],
+            recorded,
+        )
+        if subcommand == "fit":
+            if "position" not in checkpoint:
+                raise errors.UsageError(
+                    "the checkpoint does not record its position (written by an older version); "
+                    "start a new run directory"
+                )
+            reached = resume.epochs_reached(checkpoint["position"])
+            resume.check_epochs_left(config.trainer.max_epochs, reached, "--trainer.max_epochs")
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand].trainer
+        for option, value, known in (
+            ("accelerator", trainer.accelerator, ACCELERATORS),
+            ("strategy", trainer.strategy, STRATEGIES),
+        ):
+            if isinstance(value, str) and value not in known:
+                raise errors.UsageError(
+                    f"--trainer.{option} {value} is unknown; choose one of {', '.join(known)}"
+                )
+        if trainer.max_epochs is None or trainer.max_epochs < 1:
+            raise errors.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
+        if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
+            data = self.config[self.subcommand].data
+            num_val = round(data.val_fraction * data.num_samples)
+            arguments.micro_batch_size(
+                data.batch_size,
+                int(trainer.devices) * trainer.num_nodes,
+                trainer.accumulate_grad_batches,
+                data.num_samples - num_val,
+                num_val,
+            )
+        on_cuda = arguments.cuda_requested(str(trainer.accelerator))
+        # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.
+        arguments.check_precision(str(trainer.precision), on_cuda)
+        arguments.check_strategy(str(trainer.strategy), on_cuda)
+        arguments.check_devices(str(trainer.accelerator), trainer.devices)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The contract's console: a progress bar on a terminal only (the other runners' rule),
+        counting epochs from 1; elsewhere the epoch lines alone, nothing redrawn."""
+        trainer = self.config_init[self.subcommand].trainer
+        show_bar = trainer.enable_progress_bar
+        if show_bar is None:
+            show_bar = kwargs["enable_progress_bar"] = console.on_terminal()
+        callbacks = trainer.callbacks or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if show_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, EpochBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        fit, trainer = self.config_init.fit, self.trainer
+        run_dirs.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
+        read_weights_only(fit)
+        self.run_config = self.trainer_run_config()
+        if fit.ckpt_path is not None:
+            processes = "--trainer.devices x --trainer.num_nodes"
+            resume.settle_config(
+                [resume.Given("world_size", processes, trainer.world_size, None)],
+                self.recorded,
+            )
+        hand_over_checked(trainer.strategy, self.checked)
+        self.checkpoint = fit.checkpoint
+        self.checkpoint.record_run(self.run_config)
+
+    def before_validate(self) -> None:
+        log_dir = Path(self.trainer.log_dir)
+        if log_dir.is_dir() and any(log_dir.iterdir()):  # the CSV logger would replace its files
+            raise errors.UsageError(
+                f"{log_dir} holds files already (a training run's?); validate logs into a new "
+                "folder: leave --trainer.logger.init_args.version out"
+            )
+        read_weights_only(self.config_init.validate)
+        hand_over_checked(self.trainer.strategy, self.checked)
+
+    def trainer_run_config(self) -> dict[str, Any]:
+        """The run's configuration, keyed as the other runners key it (resume.settle_config)."""
+        fit, trainer = self.config.fit, self.trainer
+        config = plain_values({key: fit[option] for key, option in cli_options(fit).items()})
+        return config | {"precision": str(trainer.precision), "world_size": trainer.world_size}
+
+    def after_fit(self) -> None:
+        trainer, checkpoint = self.trainer, self.checkpoint
+        if checkpoint.resumed_position is not None and not checkpoint.resume_reported:
+            # Resumed from the run's last checkpoint: the Trainer trained nothing, and its CSV
+            # logger has emptied metrics.csv. Say so, and write the logged epochs back.
+            checkpoint.report_resume(trainer, self.model)
+            for logger in trainer.loggers:
+                logger.save()
+        run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
+        model_state = sharded.full_state_dict(self.model.model)  # a gather under FSDP2: all ranks
+        if trainer.is_global_zero:
+            self.save_run(run_dir, model_state)
+        trainer.strategy.barrier()  # every rank waits for rank 0's files
+        entry.end_distributed_run(trainer.world_size > 1)
+
+    def save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
+        trainer, module, data = self.trainer, self.model, self.datamodule
+        record = records.RunRecord(
+            runner="lightning",
+            world_size=trainer.world_size,
+            device=module.device.type,
+            precision=str(trainer.precision),
+            seed=data.hparams.seed,
+            global_batch_size=data.hparams.batch_size,
+            per_device_batch_size=data.micro_batch_size,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            optimizer_steps=trainer.global_step,
+            wall_clock_s=time.perf_counter() - self.checkpoint.train_start,
+            config=self.run_config,
+            epochs=module.history,
+            state_bytes_per_process=records.state_bytes(module.parameters(), trainer.optimizers[0]),
+        )
+        records.save_run(run_dir, record, model_state)
