@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 
-from fourways import task
+from fourways import task, workarounds_runtime
 from fourways.task_options import OPTION_TYPES, task_arguments
 
 T = TypeVar("T")
@@ -326,7 +326,7 @@ def read_checkpoint_file(
         with warnings.catch_warnings(record=True) as caught:  # torch warns before it refuses
             loaded = load(path)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
+        if not workarounds_runtime.is_weights_only_refusal(err):
             raise corrupt_checkpoint(path, err) from None
         raise UsageError(
             f"{path} holds more than tensors and plain values (it could run code when "
@@ -542,18 +542,10 @@ def task_parser(description: str) -> ArgumentParser:
 
 
 def end_distributed_run(distributed: bool) -> None:
-    """Leave a multi-process run without tearing its process group down (call on every rank).
-
-    gloo's process group, when destroyed, joins its worker threads while holding the GIL, and a
-    worker that still has to release a tensor created in Python waits for the GIL: the process
-    hangs at exit (seen in about 1 run in 20 with two CPU processes, torch 2.13, in plain,
-    Accelerate and the launchers above them). Every rank has passed a barrier and rank 0 has
-    written its files, so nothing is lost by skipping the destructors.
-    """
-    if distributed:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    """Nothing left to do: a multi-process run ends with its framework's own teardown (plain
+    torch: `dist.destroy_process_group()`; Accelerate: `end_training()`; Fabric and the Trainer:
+    theirs at the interpreter's exit). Kept only for callers not yet changed; to be removed."""
+    del distributed
 
 
 def run_main(main: Callable[[], None]) -> None:
