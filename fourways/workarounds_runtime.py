@@ -84,9 +84,11 @@ def accelerate_requested_processes() -> int:
 # ---------------------------------------------------------------------------------------------
 # torch: a weights-only refusal told from a damaged file (torch 2.13.0)
 # ---------------------------------------------------------------------------------------------
-# `torch.load(weights_only=True)` raises a plain `pickle.UnpicklingError` both when it refuses a
-# global (the file could run code) and when the pickle stream is damaged; no subclass, no
-# attribute, no chained cause tells them apart, only the message torch writes for a refusal.
+# `torch.load(weights_only=True)` raises a plain `pickle.UnpicklingError` for whatever its
+# weights-only unpickler will not read (a refused global, a damaged stream too), with a message
+# that starts as below; pickle's own errors (a cut stream read by the restricted unpickler in
+# sharded.py, which writes the same words when it refuses) are UnpicklingErrors without it. No
+# subclass, attribute or chained cause tells them apart, only the message.
 # (`torch.serialization.get_unsafe_globals_in_checkpoint` is public but reads zip files only.)
 WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
@@ -101,10 +103,12 @@ def is_weights_only_refusal(err: pickle.UnpicklingError) -> bool:
 # ---------------------------------------------------------------------------------------------
 # `dist.destroy_process_group()` (and so Accelerate's `end_training()`) can deadlock with gloo:
 # the group joins its worker threads while holding the GIL, and a worker that still has to free
-# a tensor made in Python waits for the GIL. Measured here, 2 CPU processes under torchrun
-# (simple_train.py, 1 epoch, 200 samples, 60 s limit): ending with it hung 1 of 14 runs after
-# model.pt was written (3 of 30 in an earlier session); ending without it, 0 of 33 hung or
-# aborted. Lightning 2.6.6 destroys only NCCL groups itself (at exit); the runners do as it does.
+# a tensor made in Python waits for the GIL. Measured 2026-12-01, 2 CPU processes, 1 epoch of
+# 200 samples, 60-90 s limit: simple_train.py under torchrun ending with it hung 1 of 20 runs
+# after model.pt was written (3 of 30 in an earlier session; Accelerate's hung too then), and
+# accelerate_train.py with `end_training()` 0 of 30; left to the interpreter's exit, 0 of 20
+# (plain), 0 of 10 (Accelerate) and 0 of 10 (Fabric) hung or aborted. Lightning 2.6.6 itself
+# destroys only NCCL groups (at exit): the hand-written runners do as it does.
 
 
 def process_group_left_to_exit() -> bool:
