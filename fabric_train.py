@@ -99,8 +99,8 @@ def main() -> None:
     config |= contract.settle_config(
         [contract.Setting("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
-    # --- The minimal loop's setup (minimal/fabric_train.py), through the Trainer runner's
-    # LightningDataModule and LightningModule, with the task's every argument as given or recorded.
+    # --- The minimal loop's data (minimal/fabric_train.py), through the Trainer runner's
+    # LightningDataModule, with the task's every argument as given or recorded.
     data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
@@ -111,6 +111,7 @@ def main() -> None:
     contract.check_run_dir(run_dir, args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
+    # --- The minimal loop's model, optimizer and loaders, each set up by Fabric.
     fabric.seed_everything(args.seed)
     model = MLPClassifier(**init_arguments(MLPClassifier, args))
     if args.strategy == contract.FSDP2:  # the optimizer over the sharded parameters, made after
