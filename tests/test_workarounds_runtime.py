@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, run, run_env
+from conftest import PYTHON, ROOT, run, run_env
 from torch.utils.data import DataLoader, RandomSampler, default_collate
 
 from fourways import task, workarounds_runtime
@@ -85,7 +85,7 @@ def test_accelerate_launch_cpu_starts_one_process_and_hides_the_count(tmp_path: 
     # or its state; the launcher's command line, read through /proc, still says 2.
     probe = tmp_path / "probe.py"
     probe.write_text(textwrap.dedent(PROBE))
-    env = run_env(PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
+    env = run_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     result = run([PYTHON, "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2",
                   str(probe)], env)  # fmt: skip
     assert result.returncode == 0, result.stderr
