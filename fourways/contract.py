@@ -544,7 +544,8 @@ def task_parser(description: str) -> ArgumentParser:
 def end_distributed_run(distributed: bool) -> None:
     """Nothing left to do: a multi-process run ends with its framework's own teardown (plain
     torch: `dist.destroy_process_group()`; Accelerate: `end_training()`; Fabric and the Trainer:
-    theirs at the interpreter's exit). Kept only for callers not yet changed; to be removed."""
+    theirs at the interpreter's exit), a gloo group left to the interpreter's exit
+    (workarounds_runtime.process_group_left_to_exit). Kept for callers not yet changed."""
     del distributed
 
 
