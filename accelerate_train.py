@@ -11,6 +11,7 @@ LightningDataModule's loaders.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -22,8 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.commands.config.config_args import default_config_file, load_config_from_file
-from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import DistributedType, broadcast_object_list, load, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -41,10 +40,11 @@ from fourways.contract import (
     run_dirs,
 )
 from fourways.settings import init_arguments
+from fourways.workarounds import torch_runtime
 from lightning_module import MLPClassifier
 
 
-def parse_args() -> object:
+def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser("Train the task with Hugging Face Accelerate.")
     parser.add_argument(
         "--mixed-precision",
@@ -61,26 +61,11 @@ PRECISIONS = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # Acce
 
 def main() -> None:
     args = parse_args()
-    # The checkpoint first: options left out of a resume are taken from it.
-    run_dir = run_dirs.resolve_run_dir(args.run_dir, "accelerate", args.resume)
-    checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
+    # --- Run directory, resume, refusals: the checkpoint first (options left out of a resume
+    # are the checkpoint's), every refusal before training.
+    run_dir, checkpoint, config = settle_run(args)
     recorded = None if checkpoint is None else checkpoint["config"]
-    given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
-    if given is not None and given not in PRECISIONS:
-        raise errors.UsageError(
-            f"mixed precision {given} (from accelerate launch or its config) is not one of "
-            f"{', '.join(PRECISIONS)}"
-        )
-    config = resume.settle_args(
-        args,
-        recorded,
-        resume.Given("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
-    )
-    if checkpoint is not None:
-        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
-    on_cuda = torch.cuda.is_available() and not args.cpu
-    if launched_with("deepspeed"):  # set by `accelerate launch` from its config
-        arguments.check_strategy("deepspeed", on_cuda)
+    # --- Precision and accumulation: Accelerate's own arguments (the minimal loop's `cpu`).
     accelerator = Accelerator(
         cpu=args.cpu,
         mixed_precision={ours: theirs for theirs, ours in PRECISIONS.items()}[config["precision"]],
@@ -88,6 +73,8 @@ def main() -> None:
         # No duplicated samples to even out the last batches: the metrics see each sample once.
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
+    # --- Strategies and processes: refused where Accelerate would silently train otherwise;
+    # on resume the process count is the run's too.
     check_launch(accelerator)
     check_fsdp(accelerator)
     processes = "accelerate launch --num_processes"
@@ -98,11 +85,13 @@ def main() -> None:
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
         raise errors.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
+    run_dir = Path(broadcast_object_list([run_dir])[0])  # rank 0 picks the version
+
+    # --- The minimal loop's setup (minimal/accelerate_train.py), through the Trainer runner's
+    # LightningDataModule and LightningModule, with the task's every argument as given or recorded.
     data = TaskDataModule(**init_arguments(TaskDataModule, args))
     data.setup("fit")
     micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
-    run_dir = Path(broadcast_object_list([run_dir])[0])  # rank 0 picks the version
-
     set_seed(args.seed)
     module = MLPClassifier(**init_arguments(MLPClassifier, args))
     optimizer = module.configure_optimizers()
@@ -110,7 +99,7 @@ def main() -> None:
         module, optimizer, data.train_dataloader(), data.val_dataloader()
     )
 
-    # Where training stands: saved as JSON beside save_state's files (see save_checkpoint).
+    # --- Checkpoint and resume: where training stands, as JSON beside save_state's files.
     state = {"epoch": 0, "batch": 0, "steps": 0, "config": config}
     checkpoints = run_dir / "checkpoints"
     if checkpoint is not None:
@@ -122,6 +111,7 @@ def main() -> None:
         module.load_progress_state(checkpoint, accelerator.process_index)
         accelerator.print(resume.resume_line(newest, state))
 
+    # --- The loop: minimal/accelerate_train.py's, plus accumulation and checkpoints.
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
@@ -153,7 +143,8 @@ def main() -> None:
         state.update(epoch=epoch + 1, batch=0)
         save_checkpoint(accelerator, checkpoints, state, module)
 
-    # The full weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
+    # --- Run directory: model.pt and metrics.json, the same record for every runner. The full
+    # weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
     model_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         record = records.RunRecord(
@@ -174,8 +165,35 @@ def main() -> None:
         mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
         records.save_run(run_dir, record, mlp_state)
     accelerator.wait_for_everyone()  # every rank waits for rank 0's files
-    entry.end_distributed_run(accelerator.num_processes > 1)
-    accelerator.end_training()
+    # --- Teardown: Accelerate's own, but a gloo group is left to the interpreter's exit (its
+    # destroy_process_group can deadlock there: see torch_runtime).
+    if not torch_runtime.process_group_left_to_exit():
+        accelerator.end_training()
+
+
+def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, dict[str, Any]]:
+    """The run directory, the checkpoint's progress to resume (None for a new run) and the run's
+    configuration settled against it. Refusals are errors.UsageError."""
+    run_dir = run_dirs.resolve_run_dir(args.run_dir, "accelerate", args.resume)
+    checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
+    recorded = None if checkpoint is None else checkpoint["config"]
+    given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
+    if given is not None and given not in PRECISIONS:
+        raise errors.UsageError(
+            f"mixed precision {given} (from accelerate launch or its config) is not one of "
+            f"{', '.join(PRECISIONS)}"
+        )
+    config = resume.settle_args(
+        args,
+        recorded,
+        resume.Given("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
+    )
+    if checkpoint is not None:
+        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
+    on_cuda = torch.cuda.is_available() and not args.cpu
+    if launched_with("deepspeed"):  # set by `accelerate launch` from its config
+        arguments.check_strategy("deepspeed", on_cuda)
+    return run_dir, checkpoint, config
 
 
 def save_checkpoint(
@@ -267,7 +285,8 @@ def check_fsdp(accelerator: Accelerator) -> None:
 
 def check_launch(accelerator: Accelerator) -> None:
     """Refuse the launches where Accelerate would silently train something other than asked."""
-    started, requested = int(os.environ.get("WORLD_SIZE", 1)), requested_processes()
+    started = int(os.environ.get("WORLD_SIZE", 1))
+    requested = torch_runtime.accelerate_requested_processes()
     if started > accelerator.num_processes:
         raise errors.UsageError(
             f"{started} processes were started but did not join one process group (a multi-GPU "
@@ -281,25 +300,6 @@ def check_launch(accelerator: Accelerator) -> None:
             f"hostfile runs one); for {requested} CPU processes use: accelerate launch "
             f"--multi_gpu --num_processes {requested} accelerate_train.py --cpu"
         )
-
-
-def requested_processes() -> int:
-    """The process count that `accelerate launch` was given (flag or config file), else 1.
-
-    Read from the launcher's command line, the parent process (Linux /proc), and parsed with
-    Accelerate's own launch parser, because the launcher passes no such count to its children.
-    """
-    cmdline = Path(f"/proc/{os.getppid()}/cmdline")
-    argv = cmdline.read_bytes().decode().split("\0") if cmdline.exists() else []
-    launch = [i for i, arg in enumerate(argv) if arg in ("launch", "accelerate.commands.launch")]
-    if not launch:
-        return 1
-    args, _ = launch_command_parser().parse_known_args(argv[launch[0] + 1 :])
-    if args.num_processes is None:
-        config_file = args.config_file or default_config_file
-        if os.path.isfile(config_file):
-            args.num_processes = load_config_from_file(config_file).num_processes
-    return args.num_processes or 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveIn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fourways import task, workarounds
+from fourways import task
 from fourways.contract import arguments
+from fourways.workarounds import lightning_trainer
 
 # torchdata 0.11 calls an API that torch 2.13 deprecated; it changes nothing here.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
@@ -57,14 +58,14 @@ class TaskDataModule(L.LightningDataModule):
         sampler = task.EpochShuffleSampler(self.train_set, seed=self.hparams.seed)
         if self.trainer is not None:
             # A resumed Trainer draws this loader's first order before it sets the sampler's
-            # epoch: so the sampler starts at the epoch about to train (see workarounds), and
+            # epoch: so the sampler starts at the epoch about to train (fourways.workarounds), and
             # under DDP it is built here rather than swapped in by the Trainer.
             if self.trainer.world_size > 1:
                 sampler = DistributedSampler(
                     self.train_set, self.trainer.world_size, self.trainer.global_rank,
                     seed=self.hparams.seed,
                 )  # fmt: skip
-            sampler.set_epoch(workarounds.epoch_about_to_train(self.trainer))
+            sampler.set_epoch(lightning_trainer.epoch_about_to_train(self.trainer))
         # A StatefulDataLoader records how far into the epoch it is, so that the Trainer can
         # resume a mid-epoch checkpoint at the exact batch; elsewhere it acts as a DataLoader.
         return StatefulDataLoader(self.train_set, batch_size=self.micro_batch_size, sampler=sampler)

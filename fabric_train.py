@@ -11,6 +11,7 @@ LightningDataModule that the Trainer runner uses, in a loop written by hand.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import shutil
@@ -26,10 +27,12 @@ from datamodule import TaskDataModule
 from fourways import settings, sharded
 from fourways.contract import arguments, console, entry, errors, faults, records, resume, run_dirs
 from fourways.settings import init_arguments
-from lightning_module import AtomicCheckpointIO, MLPClassifier
+from fourways.trainer_checkpoints import AtomicCheckpointIO
+from fourways.workarounds import torch_runtime
+from lightning_module import MLPClassifier
 
 
-def parse_args() -> object:
+def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser("Train the task with Lightning Fabric.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda", "gpu"), default="auto")
     # Fabric's own defaults: under `fabric run`, a value set here that differs from the CLI's
@@ -53,7 +56,7 @@ def parse_args() -> object:
 STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), arguments.FSDP2)
 
 
-def fabric_strategy(args: object) -> str | Strategy:
+def fabric_strategy(args: argparse.Namespace) -> str | Strategy:
     """The strategy Fabric is given: a registry name, or FSDP2 over every process."""
     if args.strategy != arguments.FSDP2:
         return args.strategy
@@ -72,9 +75,132 @@ def devices(text: str) -> int | str:
 
 def main() -> None:
     args = parse_args()
+    # --- Run directory, resume, refusals: the checkpoint first (options left out of a resume
+    # are the checkpoint's), every refusal before Fabric starts a process.
+    checked, config = settle_run(args)  # checked: (the checkpoint's path, its contents)
+    recorded = None if checked is None else checked[1].get("config", {})
+    # --- Strategies, precision, checkpoint I/O, run directory: Fabric's own arguments.
+    fabric = L.Fabric(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=fabric_strategy(args),
+        # Under `fabric run` the CLI's precision (already settled above) is the one.
+        precision=None if "LT_PRECISION" in os.environ else config["precision"],
+        # Complete checkpoints or none, with the usual file mode; and fabric.load below takes
+        # the checkpoint read above, not the file again: the file checked is the file loaded.
+        # (ModelParallelStrategy writes its folders with torch.distributed.checkpoint, through
+        # no CheckpointIO; sharded.py reads them safely and swaps them in whole.)
+        plugins=None if args.strategy == arguments.FSDP2 else AtomicCheckpointIO(checked),
+        # --run-dir, else Lightning's own scheme: runs/fabric/version_N
+        loggers=CSVLogger(args.run_dir, name="", version="")
+        if args.run_dir
+        else CSVLogger("runs", name="fabric"),
+    )
+    # --- Resume: the process count is the run's too (a resume on another count is refused).
+    processes = "--devices x --num-nodes"
+    config |= resume.settle_config(
+        [resume.Given("world_size", processes, fabric.world_size, fabric.world_size)], recorded
+    )
+    # --- The minimal loop's data (minimal/fabric_train.py), through the Trainer runner's
+    # LightningDataModule, with the task's every argument as given or recorded.
+    data = TaskDataModule(**init_arguments(TaskDataModule, args))
+    data.setup("fit")
+    micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
+    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
+        fabric.launch()  # starts the other processes when --devices > 1
+    # --- Run directory: the logger's, as rank 0 picks it (runs/fabric/version_N or --run-dir).
+    run_dir = Path(fabric.broadcast(fabric.logger.log_dir))
+    run_dirs.check_run_dir(run_dir, args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
+
+    # --- The minimal loop's model, optimizer and loaders, each set up by Fabric.
+    fabric.seed_everything(args.seed)
+    model = MLPClassifier(**init_arguments(MLPClassifier, args))
+    if args.strategy == arguments.FSDP2:  # the optimizer over the sharded parameters, made after
+        model = fabric.setup_module(model)
+        optimizer = fabric.setup_optimizers(model.configure_optimizers())
+    else:
+        model, optimizer = fabric.setup(model, model.configure_optimizers())
+    # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
+    train_loader, val_loader = fabric.setup_dataloaders(
+        data.train_dataloader(), data.val_dataloader()
+    )
+
+    # --- Checkpoint and resume: where training stands, restored exactly, mid-epoch included.
+    state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
+    state["config"] = config  # recorded in every checkpoint: a resume continues this run
+    if args.resume:
+        # Fabric places the state (under DDP and sharded strategies too); its checkpoint I/O
+        # hands it the checkpoint read and checked above (AtomicCheckpointIO).
+        progress = fabric.load(checkpoint_path, state, weights_only=True)
+        state["config"] = config
+        model.load_progress_state(progress, fabric.global_rank)
+        for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
+            fabric.log_dict(metrics)
+        fabric.print(resume.resume_line(checkpoint_path, state))
+    # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
+    torch_runtime.start_fabric_loader_at_epoch(train_loader, state["epoch"])
+
+    # --- The loop: minimal/fabric_train.py's, plus accumulation, precision and checkpoints.
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], args.epochs):
+        fabric.call("on_train_epoch_start")
+        model.train()
+        batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
+        batches = console.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
+        for i, batch in enumerate(batches, start=state["batch"]):
+            last_micro_batch = (i + 1) % args.accumulate == 0
+            # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
+            with fabric.no_backward_sync(model, enabled=not last_micro_batch):
+                # On one device Fabric calls training_step outside its precision context (only
+                # a strategy's wrapper routes it through forward): autocast here, for bf16/fp16.
+                with fabric.autocast():
+                    loss = model.training_step(batch, i)
+                # At 1 the division is exact and skipped: autograd pays ~5 % of a step for it.
+                fabric.backward(loss / args.accumulate if args.accumulate > 1 else loss)
+            if last_micro_batch:
+                optimizer.step()
+                optimizer.zero_grad()
+                state["steps"] += 1
+                if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
+                    state.update(epoch=epoch, batch=i + 1)
+                    save(fabric, checkpoint_path, {**state, **model.progress_state()})
+                faults.inject_fault("step", state["steps"])
+        validate(fabric, model, val_loader)
+        fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
+        state.update(epoch=epoch + 1, batch=0)
+        save(fabric, checkpoint_path, {**state, **model.progress_state()})
+
+    # --- Run directory: model.pt and metrics.json, the same record for every runner.
+    fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
+    model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
+    if fabric.is_global_zero:
+        record = records.RunRecord(
+            runner="fabric",
+            world_size=fabric.world_size,
+            device=fabric.device.type,
+            precision=fabric.strategy.precision.precision,
+            seed=args.seed,
+            global_batch_size=args.batch_size,
+            per_device_batch_size=micro_batch,
+            accumulate_grad_batches=args.accumulate,
+            optimizer_steps=state["steps"],
+            wall_clock_s=time.perf_counter() - start,
+            config=config,
+            epochs=model.history,
+            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer),
+        )
+        records.save_run(run_dir, record, model_state)
+    fabric.barrier()  # every rank waits for rank 0's files
+    # --- Teardown: Fabric's own, at the interpreter's exit (it destroys NCCL groups there).
+
+
+def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict]:
+    """The checkpoint to resume, with its path (None for a new run), and the run's configuration
+    settled against it; `args.strategy` becomes the run's. Refusals are errors.UsageError."""
     if args.resume and args.run_dir is None:
         raise errors.UsageError("--resume continues the run in --run-dir: name that directory")
-    # The checkpoint first: options left out of a resume are taken from it.
     checkpoint, checked = None, None
     if args.resume:
         run_dirs.check_run_dir(args.run_dir, resume=True)
@@ -109,113 +235,7 @@ def main() -> None:
     arguments.check_precision(config["precision"], on_cuda)
     arguments.check_strategy(strategy, on_cuda)
     arguments.check_devices(args.accelerator, args.devices)
-    fabric = L.Fabric(
-        accelerator=args.accelerator,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy=fabric_strategy(args),
-        # Under `fabric run` the CLI's precision (already settled above) is the one.
-        precision=None if "LT_PRECISION" in os.environ else config["precision"],
-        # Complete checkpoints or none, with the usual file mode; and fabric.load below takes
-        # the checkpoint read above, not the file again: the file checked is the file loaded.
-        # (ModelParallelStrategy writes its folders with torch.distributed.checkpoint, through
-        # no CheckpointIO; sharded.py reads them safely and swaps them in whole.)
-        plugins=None if args.strategy == arguments.FSDP2 else AtomicCheckpointIO(checked),
-        # --run-dir, else Lightning's own scheme: runs/fabric/version_N
-        loggers=CSVLogger(args.run_dir, name="", version="")
-        if args.run_dir
-        else CSVLogger("runs", name="fabric"),
-    )
-    processes = "--devices x --num-nodes"
-    config |= resume.settle_config(
-        [resume.Given("world_size", processes, fabric.world_size, fabric.world_size)], recorded
-    )
-    data = TaskDataModule(**init_arguments(TaskDataModule, args))
-    data.setup("fit")
-    micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
-    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
-        fabric.launch()  # starts the other processes when --devices > 1
-    run_dir = Path(fabric.broadcast(fabric.logger.log_dir))  # rank 0 picks the version
-    run_dirs.check_run_dir(run_dir, args.resume)
-    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
-
-    fabric.seed_everything(args.seed)
-    model = MLPClassifier(**init_arguments(MLPClassifier, args))
-    if args.strategy == arguments.FSDP2:  # the optimizer over the sharded parameters, made after
-        model = fabric.setup_module(model)
-        optimizer = fabric.setup_optimizers(model.configure_optimizers())
-    else:
-        model, optimizer = fabric.setup(model, model.configure_optimizers())
-    # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
-    train_loader, val_loader = fabric.setup_dataloaders(
-        data.train_dataloader(), data.val_dataloader()
-    )
-
-    # Where training stands: a checkpoint restores it exactly, mid-epoch included.
-    state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
-    state["config"] = config  # recorded in every checkpoint: a resume continues this run
-    if args.resume:
-        # Fabric places the state (under DDP and sharded strategies too); its checkpoint I/O
-        # hands it the checkpoint read and checked above (AtomicCheckpointIO).
-        progress = fabric.load(checkpoint_path, state, weights_only=True)
-        state["config"] = config
-        model.load_progress_state(progress, fabric.global_rank)
-        for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
-            fabric.log_dict(metrics)
-        fabric.print(resume.resume_line(checkpoint_path, state))
-    # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
-    train_loader._num_iter_calls = state["epoch"]
-
-    start = time.perf_counter()
-    for epoch in range(state["epoch"], args.epochs):
-        fabric.call("on_train_epoch_start")
-        model.train()
-        batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
-        batches = console.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
-        for i, batch in enumerate(batches, start=state["batch"]):
-            last_micro_batch = (i + 1) % args.accumulate == 0
-            # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
-            with fabric.no_backward_sync(model, enabled=not last_micro_batch):
-                # On one device Fabric calls training_step outside its precision context (only
-                # a strategy's wrapper routes it through forward): autocast here, for bf16/fp16.
-                with fabric.autocast():
-                    loss = model.training_step(batch, i)
-                # At 1 the division is exact and skipped: autograd pays ~5 % of a step for it.
-                fabric.backward(loss / args.accumulate if args.accumulate > 1 else loss)
-            if last_micro_batch:
-                optimizer.step()
-                optimizer.zero_grad()
-                state["steps"] += 1
-                if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
-                    state.update(epoch=epoch, batch=i + 1)
-                    save(fabric, checkpoint_path, {**state, **model.progress_state()})
-                faults.inject_fault("step", state["steps"])
-        validate(fabric, model, val_loader)
-        fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
-        state.update(epoch=epoch + 1, batch=0)
-        save(fabric, checkpoint_path, {**state, **model.progress_state()})
-
-    fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
-    model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
-    if fabric.is_global_zero:
-        record = records.RunRecord(
-            runner="fabric",
-            world_size=fabric.world_size,
-            device=fabric.device.type,
-            precision=fabric.strategy.precision.precision,
-            seed=args.seed,
-            global_batch_size=args.batch_size,
-            per_device_batch_size=micro_batch,
-            accumulate_grad_batches=args.accumulate,
-            optimizer_steps=state["steps"],
-            wall_clock_s=time.perf_counter() - start,
-            config=config,
-            epochs=model.history,
-            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer),
-        )
-        records.save_run(run_dir, record, model_state)
-    fabric.barrier()  # every rank waits for rank 0's files
-    entry.end_distributed_run(fabric.world_size > 1)
+    return checked, config
 
 
 def save(fabric: L.Fabric, path: Path, state: dict) -> None:

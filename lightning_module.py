@@ -29,7 +29,6 @@ from tqdm import tqdm
 from datamodule import TaskDataModule
 from fourways import task
 from fourways.contract import console, entry, faults
-from fourways.trainer_checkpoints import AtomicCheckpointIO  # noqa: F401 (fabric_train's import)
 from fourways.trainer_cli import TaskCLI
 
 # The labels are 0 and 1: fewer than two logits cannot classify them (torchmetrics refuses 1).

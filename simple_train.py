@@ -9,6 +9,7 @@ Needs torch alone (tqdm, if installed, draws the progress bar).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import itertools
 import os
@@ -43,9 +44,10 @@ from fourways.contract import (
     run_dirs,
 )
 from fourways.settings import init_arguments
+from fourways.workarounds import torch_runtime
 
 
-def parse_args() -> object:
+def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser(
         "Train the task with plain PyTorch (torchrun for several processes)."
     )
@@ -68,27 +70,15 @@ def main() -> None:
         int(os.environ.get("WORLD_SIZE", 1)),
     )
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    run_dir = run_dirs.resolve_run_dir(args.run_dir, "torch", args.resume)
+    master = rank == 0
+
+    # --- Run directory, resume, refusals: settled before any process group or training starts,
+    # so that a bad option is one line on stderr, and a resume continues the run it names.
+    run_dir, checkpoint, config = settle_run(args, device, ddp, world_size)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    checkpoint = checkpoint_io.load_checkpoint(checkpoint_path) if args.resume else None
-    config = resume.settle_args(
-        args,
-        None if checkpoint is None else checkpoint.pop("config", {}),
-        resume.Given("precision", "--precision", args.precision, "32-true"),
-        resume.Given("strategy", "--strategy", args.strategy, "ddp"),
-        resume.Given("world_size", "processes", world_size, world_size),
-    )
-    args.strategy = config["strategy"]
-    if checkpoint is not None:
-        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
-    args.precision = config["precision"]
-    arguments.check_precision(args.precision, device.type == "cuda")
-    arguments.check_strategy(args.strategy, device.type == "cuda")
-    if args.strategy == arguments.FSDP2 and not ddp:  # fully_shard needs torchrun's processes
-        raise errors.UsageError(
-            "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
-        )
-    # The task's every argument, as given (or recorded): see task_options.task_arguments.
+
+    # --- The minimal loop's setup (minimal/simple_train.py), with the task's every argument as
+    # given or recorded (settings.Settings) and the batch split checked.
     dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
     train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
     micro_batch = arguments.micro_batch_size(
@@ -96,20 +86,20 @@ def main() -> None:
     )
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
-
     torch.manual_seed(args.seed)
     model = task.MLP(**init_arguments(task.MLP, args)).to(device)
     raw_model = model
-    if args.strategy == arguments.FSDP2:  # parameters, gradients, optimizer state sharded
+    # --- Strategies: FSDP2 shards parameters, gradients and optimizer state; DDP replicates.
+    if args.strategy == arguments.FSDP2:
         fully_shard(model, mesh=init_device_mesh(device.type, (world_size,)))
     elif ddp:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    # bf16 needs no loss scaling; fp16 does. A disabled scaler is a no-op, so one path serves all.
-    # In 32-true no autocast at all: even disabled, entering it costs ~3 % of this MLP's step.
+    # --- Precision: bf16 needs no loss scaling; fp16 does. A disabled scaler is a no-op, so one
+    # path serves all. In 32-true no autocast at all: even disabled, entering it costs ~3 % of
+    # this MLP's step.
     dtype = AUTOCAST_DTYPES.get(args.precision)
     autocast = torch.autocast(device.type, dtype) if dtype else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
@@ -123,7 +113,7 @@ def main() -> None:
         loader(val_set, sampler=val_sampler),
     )
 
-    # Where training stands: a checkpoint restores it exactly, mid-epoch included.
+    # --- Checkpoint and resume: where training stands, restored exactly, mid-epoch included.
     state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}
     state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if checkpoint is not None:
@@ -136,6 +126,7 @@ def main() -> None:
         if master:
             print(resume.resume_line(checkpoint_path, state), flush=True)
 
+    # --- The loop: minimal/simple_train.py's, plus accumulation, precision and checkpoints.
     start = time.perf_counter()
     for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
@@ -179,7 +170,8 @@ def main() -> None:
         state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, count=0)
         save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
 
-    # A full (unsharded) copy of the weights: a gather under FSDP, so every rank takes part.
+    # --- Run directory: model.pt and metrics.json, the same record for every runner. A full
+    # (unsharded) copy of the weights: a gather under FSDP, so every rank takes part.
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(raw_model, options=options)
     if master:
@@ -201,7 +193,39 @@ def main() -> None:
         records.save_run(run_dir, record, model_state)
     if ddp:
         dist.barrier()  # every rank waits for rank 0's files
-    entry.end_distributed_run(ddp)
+    # --- Teardown: torch's own, but a gloo group is left to the interpreter's exit (its
+    # destroy_process_group can deadlock there: see torch_runtime).
+    if ddp and not torch_runtime.process_group_left_to_exit():
+        dist.destroy_process_group()
+
+
+def settle_run(
+    args: argparse.Namespace, device: torch.device, ddp: bool, world_size: int
+) -> tuple[Path, dict | None, dict]:
+    """The run directory, the checkpoint to resume (None for a new run) and the run's
+    configuration: options left out of a resume are the checkpoint's. Everything refused here
+    is refused before training, in one line (errors.UsageError)."""
+    run_dir = run_dirs.resolve_run_dir(args.run_dir, "torch", args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = checkpoint_io.load_checkpoint(checkpoint_path) if args.resume else None
+    config = resume.settle_args(
+        args,
+        None if checkpoint is None else checkpoint.pop("config", {}),
+        resume.Given("precision", "--precision", args.precision, "32-true"),
+        resume.Given("strategy", "--strategy", args.strategy, "ddp"),
+        resume.Given("world_size", "processes", world_size, world_size),
+    )
+    args.strategy = config["strategy"]
+    if checkpoint is not None:
+        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
+    args.precision = config["precision"]
+    arguments.check_precision(args.precision, device.type == "cuda")
+    arguments.check_strategy(args.strategy, device.type == "cuda")
+    if args.strategy == arguments.FSDP2 and not ddp:  # fully_shard needs torchrun's processes
+        raise errors.UsageError(
+            "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
+        )
+    return run_dir, checkpoint, config
 
 
 def fold_losses(

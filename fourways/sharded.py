@@ -31,6 +31,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from fourways.contract import checkpoint_io, errors
+from fourways.workarounds import torch_runtime
 
 META_FILE = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's
@@ -66,7 +67,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES):
             return getattr(torch, name)
-        raise pickle.UnpicklingError(f"Weights only load failed: {module}.{name} is not allowed")
+        refusal = torch_runtime.WEIGHTS_ONLY_REFUSAL  # as torch words it: one refusal for both
+        raise pickle.UnpicklingError(f"{refusal}: {module}.{name} is not allowed")
 
 
 def read_dcp_metadata(folder: Path) -> Metadata:

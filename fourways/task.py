@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler, TensorDataset
-from torch.utils.data._utils.collate import default_collate_fn_map
+
+from fourways.workarounds.torch_runtime import register_default_collate
 
 # The original project's task; every runner and test reads these defaults from here.
 NUM_SAMPLES = 1000
@@ -104,9 +105,9 @@ def collate_batch(samples: Sequence[Sample], *, collate_fn_map: Any = None) -> l
     return [torch.stack(column) for column in zip(*samples, strict=True)]
 
 
-# torch's documented way to teach `default_collate` a type: the DataLoader's default collate
-# (and so every framework's) then returns a Batch's tensors as they are.
-default_collate_fn_map[Sample] = collate_batch
+# The DataLoader's default collate (and so every framework's) then returns a Batch's tensors as
+# they are: torch's documented extension, through a private module (see torch_runtime).
+register_default_collate(Sample, collate_batch)
 
 
 class EpochShuffleSampler(RandomSampler):

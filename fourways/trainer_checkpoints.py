@@ -18,8 +18,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 from tqdm import tqdm
 
-from fourways import sharded, workarounds
+from fourways import sharded
 from fourways.contract import checkpoint_io, errors, resume
+from fourways.workarounds import lightning_trainer
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -115,7 +116,7 @@ def plain_values(mapping: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Checkpoint(workarounds.ModelCheckpointAfterValidation):
+class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     """ModelCheckpoint (configured by its own flags: --checkpoint.every_n_train_steps N, ...) that
     also records the run's configuration and its position in every checkpoint and, on resume,
     says where the run stands and writes the epochs before it back into metrics.csv (the CSV

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import StrategyRegistry
 
 from fourways import settings, sharded
-from fourways.contract import arguments, console, entry, errors, records, resume, run_dirs
+from fourways.contract import arguments, console, errors, records, resume, run_dirs
 from fourways.trainer_checkpoints import (
     Checkpoint,
     checkpoint_file,
@@ -247,7 +247,6 @@ class TaskCLI(LightningCLI):
         if trainer.is_global_zero:
             self.save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
-        entry.end_distributed_run(trainer.world_size > 1)
 
     def save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
         trainer, module, data = self.trainer, self.model, self.datamodule

@@ -81,7 +81,7 @@ def epoch_numbers(stdout: str) -> list[int]:
 def newest_step(name: str, killed_at: int) -> int:
     """The optimizer step of the newest checkpoint a kill after step `killed_at` leaves, in a
     run that checkpoints every step. The Trainer saves an epoch's last step after validation
-    (fourways.workarounds), so a kill before that resumes from the step before."""
+    (fourways.workarounds.lightning_trainer), so a kill before that resumes from the step before."""
     return killed_at - (name == "lightning" and killed_at % STEPS_PER_EPOCH == 0)
 
 

@@ -44,6 +44,7 @@ from conftest import (
 )  # fmt: skip
 
 from fourways import parity
+from fourways.workarounds import torch_runtime
 
 PRECISION_OPTION: dict[str, Callable[[str], list[str]]] = {
     "torch": lambda p: ["--precision", p],
@@ -326,13 +327,12 @@ def test_accelerate_strategy_configs_mean_what_the_task_means(name: str) -> None
     # Loaded by Accelerate's own reader (unknown top-level keys are refused there); the nested
     # keys must be `accelerate launch` options, which it copies silently, known or not.
     from accelerate.commands.config.config_args import load_config_from_file
-    from accelerate.commands.launch import launch_command_parser
 
     path = ROOT / "configs" / "accelerate" / f"{name}.json"
     config = load_config_from_file(str(path))
     assert json.loads(path.read_text())["num_processes"] == config.num_processes == 1
     assert config.mixed_precision == "no"  # precision is chosen per run, as in the other runners
-    options = {action.dest for action in launch_command_parser()._actions}
+    options = torch_runtime.accelerate_launch_options()
     if name.startswith("deepspeed"):
         assert config.distributed_type == "DEEPSPEED"
         nested = config.deepspeed_config

@@ -68,17 +68,7 @@ def _install(folder: str) -> None:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
 
-    atexit.register(write)
-    # A runner may leave with os._exit (multi-process runs skip gloo's teardown): write first.
-    real_exit = os._exit
-
-    def exit_after_writing(status: int) -> None:
-        try:
-            write()
-        finally:
-            real_exit(status)
-
-    os._exit = exit_after_writing
+    atexit.register(write)  # every runner, every rank, ends through the interpreter's exit
 
 
 class _Sampler:

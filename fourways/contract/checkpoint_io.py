@@ -17,6 +17,7 @@ import torch
 
 from fourways.contract import faults
 from fourways.contract.errors import UsageError
+from fourways.workarounds import torch_runtime
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ def read_checkpoint_file(
         with warnings.catch_warnings(record=True) as caught:  # torch warns before it refuses
             loaded = load(path)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
+        if not torch_runtime.is_weights_only_refusal(err):
             raise corrupt_checkpoint(path, err) from None
         raise UsageError(
             f"{path} holds more than tensors and plain values (it could run code when "

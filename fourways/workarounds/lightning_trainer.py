@@ -1,9 +1,9 @@
 """What the Trainer runner does where no public Lightning API does the job: one entry each.
 
 Everywhere else the runner uses Lightning's public APIs. Each entry here names the version it was
-checked with, why it is needed, and its test in tests/test_workarounds.py, which asserts that
-Lightning still behaves as described: when that test fails, Lightning has changed, and the entry
-can go (or must change).
+checked with, why it is needed, and its test (tests/test_workarounds_lightning_trainer.py),
+which asserts that Lightning still behaves as described: when that test fails, Lightning has
+changed, and the entry can go (or must change).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class ModelCheckpointAfterValidation(ModelCheckpoint):
 
     Whether it saves by steps or time is read from the constructor's arguments: ModelCheckpoint
     keeps them in private attributes only.
-    Test: tests/test_workarounds.py, test_a_checkpoint_after_an_epochs_last_batch_...
+    Test: test_a_checkpoint_after_an_epochs_last_batch_... (test_workarounds_lightning_trainer)
     """
 
     def __init__(
@@ -75,6 +75,6 @@ def epoch_about_to_train(trainer: L.Trainer) -> int:
     an epoch-end checkpoint `trainer.current_epoch` still names the epoch just finished there. So
     the loader's sampler is started at this epoch: the fit loop's count of processed epochs, the
     number Lightning itself passes to `set_epoch` (fit_loop.py, on_advance_start).
-    Test: tests/test_workarounds.py, test_a_resumed_trainer_builds_its_loader_...
+    Test: tests/test_workarounds_lightning_trainer.py, test_a_resumed_trainer_builds_its_loader_...
     """
     return trainer.fit_loop.epoch_progress.current.processed

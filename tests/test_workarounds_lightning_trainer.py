@@ -1,4 +1,4 @@
-"""Each entry of fourways/workarounds.py: Lightning still behaves as the entry says.
+"""Each entry of fourways/workarounds/lightning_trainer.py: Lightning behaves as the entry says.
 
 These tests assert the behaviour the workarounds exist for, on a bare LightningModule, so that a
 Lightning release that changes it fails here, by name; the entry can then go or change. That the
@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fourways import workarounds
+from fourways.workarounds import lightning_trainer
 
 TRAIN_BATCHES = 2
 
@@ -89,8 +89,8 @@ def fit(epochs: int, ckpt_path: Path | None = None, **checkpoint: Any) -> Record
 
 
 def test_a_checkpoint_after_an_epochs_last_batch_resumes_as_a_finished_epoch(tmp_path: Path):
-    """workarounds.ModelCheckpointAfterValidation: ModelCheckpoint(every_n_train_steps=N) saves
-    after an epoch's last batch, before its validation, and a resume from there skips that
+    """lightning_trainer.ModelCheckpointAfterValidation: ModelCheckpoint(every_n_train_steps=N)
+    saves after an epoch's last batch, before its validation, and a resume from there skips that
     epoch's validation and its end: the epoch counts as finished."""
     fit(1, dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     last_batch = tmp_path / f"epoch=0-step={TRAIN_BATCHES}.ckpt"
@@ -106,8 +106,8 @@ def test_a_checkpoint_after_an_epochs_last_batch_resumes_as_a_finished_epoch(tmp
 
 
 def test_a_resumed_trainer_builds_its_loader_before_the_sampler_epoch(tmp_path: Path) -> None:
-    """workarounds.epoch_about_to_train: resumed from an epoch-end checkpoint, the Trainer builds
-    the train loader while `current_epoch` still names the finished epoch (the fit loop has
+    """lightning_trainer.epoch_about_to_train: resumed from an epoch-end checkpoint, the Trainer
+    builds the train loader while `current_epoch` still names the finished epoch (the fit loop has
     counted it processed), and the loader draws its first order before the sampler's epoch is
     set: a sampler left at `current_epoch` would repeat the finished epoch's order."""
     fit(1, dirpath=tmp_path, save_last=True)
@@ -126,7 +126,7 @@ def test_the_runner_needs_the_last_batch_workaround(tmp_path, capsys, monkeypatc
 
     for hook in ("on_train_batch_end", "on_train_epoch_end"):
         stock = getattr(ModelCheckpoint, hook)
-        monkeypatch.setattr(workarounds.ModelCheckpointAfterValidation, hook, stock)
+        monkeypatch.setattr(lightning_trainer.ModelCheckpointAfterValidation, hook, stock)
     copies = snapshotting_run("lightning", tmp_path / "run", True, capsys, monkeypatch)
     code, out, err = resume("lightning", copies["step:4"], capsys)
     assert code == 0, err

@@ -1,0 +1,119 @@
+"""Where no public API does the job: the framework internals the hand-written runners rely on.
+
+Every entry names the versions it was written against (torch 2.13.0, lightning 2.6.6,
+accelerate 1.15.0), why no public way exists, and the test (tests/test_workarounds_torch_runtime.py)
+that fails when the framework changes that behaviour. Nothing else in the project touches these
+internals. It needs torch alone at import: lightning and accelerate are imported where used.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# torch: teaching the DataLoader's default collate a type (torch 2.13.0)
+# ---------------------------------------------------------------------------------------------
+# The task's datasets fetch a whole batch in one index (`__getitems__`, public) and hand it to
+# the collate function as a sequence of samples. `default_collate` would then take it apart and
+# stack it again sample by sample: ~150 us a step here, as much as the model's step. torch's
+# documented way to teach `default_collate` a type (its docstring, "Option 2") is the map in the
+# private module `torch.utils.data._utils.collate`. The public way, `collate_fn=` on every
+# DataLoader, would put a data-loading detail into each minimal loop (minimal/) and every runner.
+
+
+def register_default_collate(sample_type: type, collate: Callable[..., Any]) -> None:
+    """Make `default_collate` (every DataLoader's, every framework's) call `collate` for batches
+    whose first element is a `sample_type`."""
+    from torch.utils.data._utils.collate import default_collate_fn_map
+
+    default_collate_fn_map[sample_type] = collate
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning Fabric: the epoch of a resumed loader (lightning 2.6.6)
+# ---------------------------------------------------------------------------------------------
+# Fabric's loader calls `sampler.set_epoch(n)` at every `iter()`, n being how often it was
+# iterated, counted from 0 in a private attribute; a `set_epoch` of our own is overwritten. A run
+# resumed at epoch E must draw epoch E's order, so the count starts at E. (Public alternatives:
+# iterating the loader E times, fetching a batch each, or leaving Fabric's sampler handling.)
+
+
+def start_fabric_loader_at_epoch(loader: Any, epoch: int) -> None:
+    """The next `iter(loader)` of a loader from `fabric.setup_dataloaders` uses epoch `epoch`."""
+    loader._num_iter_calls = epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# Accelerate: how many processes `accelerate launch` was asked for (accelerate 1.15.0)
+# ---------------------------------------------------------------------------------------------
+# `accelerate launch --cpu --num_processes 2` (or a MULTI_CPU config without an MPI hostfile)
+# starts ONE process and says nothing; the launcher passes no count to it (no environment
+# variable, no public state: `num_processes` is 1). The one record of the request is the
+# launcher's command line, our parent process's (Linux /proc), read with Accelerate's own parser.
+
+
+def accelerate_launch_options() -> set[str]:
+    """The option names (argparse dests) that `accelerate launch` accepts."""
+    from accelerate.commands.launch import launch_command_parser
+
+    return {action.dest for action in launch_command_parser()._actions}
+
+
+def accelerate_requested_processes() -> int:
+    """The process count that `accelerate launch` was given (flag or config file), else 1."""
+    from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    cmdline = Path(f"/proc/{os.getppid()}/cmdline")
+    argv = cmdline.read_bytes().decode().split("\0") if cmdline.exists() else []
+    launch = [i for i, arg in enumerate(argv) if arg in ("launch", "accelerate.commands.launch")]
+    if not launch:
+        return 1
+    args, _ = launch_command_parser().parse_known_args(argv[launch[0] + 1 :])
+    if args.num_processes is None:
+        config_file = args.config_file or default_config_file
+        if os.path.isfile(config_file):
+            args.num_processes = load_config_from_file(config_file).num_processes
+    return args.num_processes or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# torch: a weights-only refusal told from a damaged file (torch 2.13.0)
+# ---------------------------------------------------------------------------------------------
+# `torch.load(weights_only=True)` raises a plain `pickle.UnpicklingError` for whatever its
+# weights-only unpickler will not read (a refused global, a damaged stream too), with a message
+# that starts as below; pickle's own errors (a cut stream read by the restricted unpickler in
+# sharded.py, which writes the same words when it refuses) are UnpicklingErrors without it. No
+# subclass, attribute or chained cause tells them apart, only the message.
+# (`torch.serialization.get_unsafe_globals_in_checkpoint` is public but reads zip files only.)
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+def is_weights_only_refusal(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler refused the file (rather than found it damaged)."""
+    return WEIGHTS_ONLY_REFUSAL in str(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch: ending a gloo process group (torch 2.13.0)
+# ---------------------------------------------------------------------------------------------
+# `dist.destroy_process_group()` (and so Accelerate's `end_training()`) can deadlock with gloo:
+# the group joins its worker threads while holding the GIL, and a worker that still has to free
+# a tensor made in Python waits for the GIL. Measured 2026-12-01, 2 CPU processes, 1 epoch of
+# 200 samples, 60-90 s limit: simple_train.py under torchrun ending with it hung 1 of 20 runs
+# after model.pt was written (3 of 30 in an earlier session; Accelerate's hung too then), and
+# accelerate_train.py with `end_training()` 0 of 30; left to the interpreter's exit, 0 of 20
+# (plain), 0 of 10 (Accelerate) and 0 of 10 (Fabric) hung or aborted. Lightning 2.6.6 itself
+# destroys only NCCL groups (at exit): the hand-written runners do as it does.
+
+
+def process_group_left_to_exit() -> bool:
+    """Whether this process's default group is gloo's: leave it to the interpreter's exit
+    instead of destroying it (call the framework's teardown when this is False)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
