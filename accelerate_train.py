@@ -32,7 +32,6 @@ from fourways.contract import (
     arguments,
     checkpoint_io,
     console,
-    entry,
     errors,
     faults,
     records,
@@ -303,4 +302,4 @@ def check_launch(accelerator: Accelerator) -> None:
 
 
 if __name__ == "__main__":
-    entry.run_main(main)
+    errors.run_main(main)

@@ -25,7 +25,7 @@ from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy
 
 from datamodule import TaskDataModule
 from fourways import settings, sharded
-from fourways.contract import arguments, console, entry, errors, faults, records, resume, run_dirs
+from fourways.contract import arguments, console, errors, faults, records, resume, run_dirs
 from fourways.settings import init_arguments
 from fourways.trainer_checkpoints import AtomicCheckpointIO
 from fourways.workarounds import torch_runtime
@@ -265,4 +265,4 @@ def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.Da
 
 
 if __name__ == "__main__":
-    entry.run_main(main)
+    errors.run_main(main)

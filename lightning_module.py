@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from datamodule import TaskDataModule
 from fourways import task
-from fourways.contract import console, entry, faults
+from fourways.contract import console, errors, faults
 from fourways.trainer_cli import TaskCLI
 
 # The labels are 0 and 1: fewer than two logits cannot classify them (torchmetrics refuses 1).
@@ -186,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    entry.run_main(main)
+    errors.run_main(main)

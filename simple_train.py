@@ -36,7 +36,6 @@ from fourways.contract import (
     arguments,
     checkpoint_io,
     console,
-    entry,
     errors,
     faults,
     records,
@@ -322,4 +321,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    entry.run_main(main)
+    errors.run_main(main)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 # The checkout's fourways package, as the runners at its top import it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fourways import task
-from fourways.contract import arguments, console, entry, errors, records, resume, run_dirs
+from fourways.contract import arguments, console, errors, records, resume, run_dirs
 from fourways.settings import init_arguments
 
 
@@ -97,4 +97,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    entry.run_main(main)
+    errors.run_main(main)

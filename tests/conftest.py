@@ -28,7 +28,7 @@ import fabric_train
 import lightning_module
 import simple_train
 from fourways import parity, task
-from fourways.contract import entry
+from fourways.contract import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -74,7 +74,7 @@ def in_process(
     command: Sequence[str], capsys: pytest.CaptureFixture[str]
 ) -> subprocess.CompletedProcess[str]:
     """`python <script> ...` run by calling the script's own `main()` in this process, as its
-    `__main__` does (`entry.run_main`): for the refusal matrices, where starting Python for
+    `__main__` does (`errors.run_main`): for the refusal matrices, where starting Python for
     every case would be most of the suite's time. Each runner's refusal is also checked once as
     a real subprocess (its exit status and stderr as a shell sees them)."""
     assert command[0] == PYTHON and command[1] in SCRIPTS, command
@@ -82,7 +82,7 @@ def in_process(
     sys.argv = list(command[1:])
     os.chdir(ROOT)
     try:
-        entry.run_main(SCRIPTS[command[1]].main)
+        errors.run_main(SCRIPTS[command[1]].main)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1

@@ -79,7 +79,7 @@ def test_only_rank_zero_prints_epoch_lines(ddp_runs: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_two_machines_on_loopback_equal_the_replay(tmp_path: Path) -> None:
     # torchrun with --nnodes 2 stands in for two machines: one process each, rendezvous on
-    # 127.0.0.1, exactly as the README's two-machine commands but with a local address.
+    # 127.0.0.1, exactly as docs/strategies.md's two-machine commands but with a local address.
     port = str(free_port())
     commands = [
         [PYTHON, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",

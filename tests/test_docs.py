@@ -103,3 +103,17 @@ def test_github_anchor_rule() -> None:
     chinese = "DDP：从单设备到 N 个 GPU，再到两台机器"  # full-width punctuation dropped too
     assert github_anchor(chinese) == "ddp从单设备到-n-个-gpu再到两台机器"
     assert github_anchor('When the runners "agree"') == "when-the-runners-agree"
+
+
+@pytest.mark.parametrize("page", ["package.md", "package.zh-CN.md"])
+def test_the_package_map_names_every_module(page: str) -> None:
+    """docs/package*.md maps the package, one row a module: a module added or moved without its
+    row (or a row left for a module that went) fails here."""
+    package = ROOT / "fourways"
+    modules = {  # a subpackage's __init__.py is its bold row, `contract/`
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py" or p.parent == package
+    }
+    rows = set(re.findall(r"^\| `([\w/]+\.py)` \|", (ROOT / "docs" / page).read_text(), re.M))
+    assert rows == modules, f"missing: {sorted(modules - rows)}, gone: {sorted(rows - modules)}"

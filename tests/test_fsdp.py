@@ -183,7 +183,7 @@ def test_accelerate_fsdp_without_a_gpu_is_refused_in_one_line(
 def test_accelerate_would_fall_back_to_ddp_silently_and_is_refused(tmp_path: Path) -> None:
     """An FSDP config with use_cpu and 2 processes: Accelerate 1.15 sets up MULTI_CPU (plain
     DDP) without a word. The runner must refuse, naming what Accelerate set up. Should a later
-    Accelerate set up FSDP on CPUs instead, this fails: then it trains, and the README's
+    Accelerate set up FSDP on CPUs instead, this fails: then it trains, and docs/strategies.md's
     reason no longer holds."""
     config = json.loads((ROOT / "configs/accelerate/fsdp.json").read_text())
     config |= {"use_cpu": True, "num_processes": 2}

@@ -89,7 +89,7 @@ def benchmark(
     root: Path,
 ) -> int:
     """Every run, then the report; the exit status."""
-    started, machine = time.perf_counter(), machine_facts()
+    started, machine = time.perf_counter(), machine_facts(root)
     paired = [r for r in runs if r.pair]
     for first in range(0, len(paired), 2):
         pair = paired[first : first + 2]
@@ -100,7 +100,7 @@ def benchmark(
     for run in runs:
         steplogs.collect(run)
     res = Results([record(r, root) for r in runs])
-    machine["load_average_after"] = machine_facts()["load_average"]
+    machine["load_average_after"] = machine_facts(root)["load_average"]
     text = report(res, args, machine, time.perf_counter() - started, out)
     results = {
         "command": shown(["python", SCRIPT, *(argv or sys.argv[1:])]),

@@ -7,7 +7,7 @@
 - `resume`: a run's configuration settled against its checkpoint;
 - `faults`: the kill points of the resume tests;
 - `console`: epoch lines and progress bars;
-- `errors` and `entry`: one line and exit status 2; how a runner's main begins and ends.
+- `errors`: bad input as one line and exit status 2, and the guard around a runner's main.
 
 The task itself (data, model, data order) is `fourways.task`; the minimal loops in `minimal/` do
 without this package. It needs torch and the standard library only, so that `simple_train.py`

@@ -1,6 +1,6 @@
 """Bad input, as the contract says it: one line on stderr, exit status 2, before any training.
 
-A runner raises `UsageError` where it finds the problem; `entry.run_main` turns it into the line.
+A runner raises `UsageError` where it finds the problem; `run_main` turns it into the line.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -32,3 +33,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see {self.prog} --help)")
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Entry-point guard: a UsageError becomes the contract's one line and exit status 2."""
+    try:
+        main()
+    except UsageError as err:
+        fail(str(err))
