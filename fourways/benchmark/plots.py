@@ -7,6 +7,7 @@ report selects its non-interactive backend first (cli.report).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fourways.benchmark.plans import FRAMEWORKS, MINIMAL_OF, RUNNERS, Point
 from fourways.benchmark.profiling import AREA_ORDER
@@ -56,6 +57,18 @@ def plot_headline(res: Results, path: Path) -> None:
     fig.suptitle(f"Paired ratios: bar, the median over {n['n']} repeats; whiskers, its "
                  f"order-statistic interval ({n['coverage']:.1%} coverage); dotted, the target",
                  fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_log_log(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """A one-panel sweep plot on log-log axes, with its grid and legend, written to `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -112,18 +125,8 @@ def plot_samples(res: Results, path: Path) -> None:
         pts = [(n, s["median"]) for n, s in stats if s]
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", color=COLORS[r], label=r)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="samples (2 epochs)",
-        ylabel="whole command, s",
-        title="Start-up included: total time",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_log_log(fig, ax, path, "samples (2 epochs)", "whole command, s",
+                 "Start-up included: total time")  # fmt: skip
 
 
 def plot_ddp(res: Results, path: Path) -> None:
@@ -141,18 +144,8 @@ def plot_ddp(res: Results, path: Path) -> None:
         pts = [(w, s["median"]) for w, s in stats if s]
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", label=label)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="hidden width",
-        ylabel="µs per optimizer step",
-        title="Plain PyTorch on 2 cores: where DDP pays",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_log_log(fig, ax, path, "hidden width", "µs per optimizer step",
+                 "Plain PyTorch on 2 cores: where DDP pays")  # fmt: skip
 
 
 def plot_profile(res: Results, path: Path) -> None:
