@@ -42,6 +42,14 @@ from fourways.settings import init_arguments
 from fourways.workarounds import torch_runtime
 from lightning_module import MLPClassifier
 
+PROGRESS = "progress.json"
+# What save_state writes (safetensors, or torch.save files that load_state reads with
+# weights_only=True), and our JSON. Anything else in a checkpoint folder is refused.
+CHECKPOINT_FILES = re.compile(
+    r"model(_\d+)?\.safetensors|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin"
+    r"|scaler\.pt|random_states_\d+\.pkl|" + re.escape(PROGRESS)
+)
+
 
 def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser("Train the task with Hugging Face Accelerate.")
@@ -224,15 +232,6 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return complete[-1] if complete else run_dir / "checkpoints" / "step_*"
 
 
-PROGRESS = "progress.json"
-# What save_state writes (safetensors, or torch.save files that load_state reads with
-# weights_only=True), and our JSON. Anything else in a checkpoint folder is refused.
-CHECKPOINT_FILES = re.compile(
-    r"model(_\d+)?\.safetensors|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin"
-    r"|scaler\.pt|random_states_\d+\.pkl|" + re.escape(PROGRESS)
-)
-
-
 def checkpoint_progress(folder: Path) -> dict[str, Any]:
     """Read every file of a checkpoint folder as tensors and plain values, before load_state.
 
@@ -256,7 +255,9 @@ def checkpoint_progress(folder: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.data.DataLoader):
+def validate(
+    model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.data.DataLoader
+) -> None:
     model.eval()
     module.on_validation_epoch_start()
     for i, batch in enumerate(loader):

@@ -12,7 +12,7 @@ plain PyTorch in the same mode, times, memory), says whether the runners agree, 
 folder (default reports/<timestamp>/): report.md, report.json, curves.png, step_time.png, and the
 runs' own directories and logs.
 
-When a run agrees (the rule that --check enforces; parity.py holds the reasons):
+When a run agrees (the rule that --check enforces; fourways/parity.py holds the reasons):
 - its model.pt equals, BIT FOR BIT, an in-process replay of the same training that follows the
   runner's own arithmetic: the same order, the same samples in each process's forward pass
   (Accelerate shards each step's batch where DistributedSampler interleaves it), DDP's gradient

@@ -31,6 +31,10 @@ from fourways.trainer_checkpoints import AtomicCheckpointIO
 from fourways.workarounds import torch_runtime
 from lightning_module import MLPClassifier
 
+# fsdp2 is this runner's name for Lightning's ModelParallelStrategy with data parallelism only
+# (it has no registry name: it takes a parallelize_fn); Lightning's `fsdp` is FSDP1.
+STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), arguments.FSDP2)
+
 
 def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser("Train the task with Lightning Fabric.")
@@ -49,11 +53,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--precision", choices=arguments.PRECISIONS, default=None, help="32-true")
     return parser.parse_args()
-
-
-# fsdp2 is this runner's name for Lightning's ModelParallelStrategy with data parallelism only
-# (it has no registry name: it takes a parallelize_fn); Lightning's `fsdp` is FSDP1.
-STRATEGIES = ("auto", *STRATEGY_REGISTRY.available_strategies(), arguments.FSDP2)
 
 
 def fabric_strategy(args: argparse.Namespace) -> str | Strategy:
@@ -90,7 +89,7 @@ def main() -> None:
         # Complete checkpoints or none, with the usual file mode; and fabric.load below takes
         # the checkpoint read above, not the file again: the file checked is the file loaded.
         # (ModelParallelStrategy writes its folders with torch.distributed.checkpoint, through
-        # no CheckpointIO; sharded.py reads them safely and swaps them in whole.)
+        # no CheckpointIO; fourways/sharded.py reads them safely and swaps them in whole.)
         plugins=None if args.strategy == arguments.FSDP2 else AtomicCheckpointIO(checked),
         # --run-dir, else Lightning's own scheme: runs/fabric/version_N
         loggers=CSVLogger(args.run_dir, name="", version="")

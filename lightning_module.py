@@ -27,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 from datamodule import TaskDataModule
-from fourways import task
+from fourways import settings, task
 from fourways.contract import console, errors, faults
 from fourways.trainer_cli import TaskCLI
 
@@ -170,10 +170,10 @@ def main() -> None:
     TaskCLI(
         MLPClassifier,
         TaskDataModule,
-        seed_everything_default=task.SEED,
+        seed_everything_default=settings.DEFAULTS.seed,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
         trainer_defaults={
-            "max_epochs": task.EPOCHS,
+            "max_epochs": settings.DEFAULTS.epochs,
             # The console the other runners have: epoch lines, no parameter table;
             # --trainer.enable_model_summary true shows it.
             "enable_model_summary": False,

@@ -45,6 +45,8 @@ from fourways.contract import (
 from fourways.settings import init_arguments
 from fourways.workarounds import torch_runtime
 
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
 
 def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser(
@@ -264,9 +266,6 @@ def save_checkpoint(
         full = {**state, "model": model_state, "optimizer": optimizer_state,
                 "scaler": scaler.state_dict()}  # fmt: skip
         checkpoint_io.save_checkpoint(path, full)
-
-
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:

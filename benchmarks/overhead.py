@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: the runners, and reports/ by default
-sys.path.insert(0, str(ROOT))  # compare.py and, when not installed, fourways
+sys.path.insert(0, str(ROOT))  # the checkout's fourways package, as the runners at its top use
 from fourways.benchmark import cli  # noqa: E402
 
 

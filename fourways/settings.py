@@ -2,10 +2,11 @@
 spellings in one place.
 
 `Settings` is the single description. From it come the hand-written runners' options
-(`--num-samples 320`), the Trainer's (`--data.num_samples 320`, `contract.arguments`), the
-configuration recorded in every checkpoint and guarded on resume (`contract.resume`),
-compare.py's plans, the parity replay's `Setup` and the benchmark's points. The values
-themselves are the task's (`task.py`); how a run is launched (processes, precision, strategy)
+(`--num-samples 320`: `contract.arguments`), the Trainer's (`--data.num_samples 320`:
+`trainer_flags`, and the options `trainer_cli` records), the configuration recorded in every
+checkpoint and guarded on resume (`contract.resume`), compare.py's plans, the parity replay's
+`Setup` and the benchmark's points. The values themselves are the task's (`fourways/task.py`);
+how a run is launched (processes, precision, strategy)
 is each runner's own and not a setting of the task.
 
 Adding a setting: a field here, and the task's function or class that takes it.

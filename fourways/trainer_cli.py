@@ -51,9 +51,7 @@ warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists 
 
 # The subcommands offered, each reading the task's data: fit trains, validate reports.
 READS = ("fit", "validate")
-# The run's configuration keys (resume.settle_config's) that the Trainer's own options hold;
-# every init argument of the data and the model is recorded too (cli_options).
-OWN_CLASSES = ("data.", "model.")
+OWN_CLASSES = ("data.", "model.")  # the Trainer's options that belong to the data and the model
 # The run's settings that are the Trainer's own options (settings.Settings spells each), and the
 # precision, which is the runner's; every init argument of the data and the model is recorded
 # too (cli_options), under its key in the configuration (RENAMED where the two differ).
@@ -176,13 +174,11 @@ class TaskCLI(LightningCLI):
             raise errors.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
         if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
             data = self.config[self.subcommand].data
-            num_val = round(data.val_fraction * data.num_samples)
             arguments.micro_batch_size(
                 data.batch_size,
                 int(trainer.devices) * trainer.num_nodes,
                 trainer.accumulate_grad_batches,
-                data.num_samples - num_val,
-                num_val,
+                *arguments.split_sizes(data.num_samples, data.val_fraction),
             )
         on_cuda = arguments.cuda_requested(str(trainer.accelerator))
         # Lightning would warn and train fp16 in bf16 on a CPU: the contract refuses that swap.

@@ -210,50 +210,6 @@ def column_meta(base: list[str], other: list[str], is_base: bool) -> str:
     return meta + (f", {changed_count(base, other)} changed" if 2 * kept >= len(other) else "")
 
 
-def render(scripts: dict[str, list[str]]) -> str:
-    keys = list(scripts)
-    concepts = concept_lines(scripts)
-    comments = {key: comment_starts(lines) for key, lines in scripts.items()}
-    badges: dict[tuple[str, int], list[str]] = {}
-    for english, chinese, numbers in concepts:
-        for key, number in numbers.items():
-            badges.setdefault((key, number), []).append(f"{english} · {chinese}")
-
-    def cell_html(key: str, cell: Cell) -> str:
-        if cell.number is None:
-            return f'<td class="{cell.state}"></td>'
-        tags = "".join(f'<span class="tag">{t}</span>' for t in badges.get((key, cell.number), []))
-        code = code_html(cell.text, comments[key].get(cell.number))
-        return (
-            f'<td class="{cell.state}" id="{key}-{cell.number}"><div class="line"><span class="n">'
-            f"{cell.number}</span><code>{code}</code></div>{tags}</td>"
-        )
-
-    head = "".join(
-        f"<th>{html.escape(SCRIPTS[k][0])}<br><code>minimal/{SCRIPTS[k][1]}</code>"
-        f'<span class="meta">{column_meta(scripts[keys[0]], scripts[k], k == keys[0])}</span></th>'
-        for k in keys
-    )
-
-    def concept_cell(key: str, number: int) -> str:
-        code = code_only(scripts[key][number - 1], comments[key].get(number))
-        return (
-            f'<td><a href="#{key}-{number}"><div class="line"><span class="n">{number}</span>'
-            f"<code>{html.escape(code)}</code></div></a></td>"
-        )
-
-    concept_rows = "".join(
-        f'<tr><th>{english}<br><span class="zh">{chinese}</span></th>'
-        + "".join(concept_cell(k, numbers[k]) for k in keys)
-        + "</tr>\n"
-        for english, chinese, numbers in concepts
-    )
-    code_rows = "".join(
-        "<tr>" + "".join(cell_html(k, row[k]) for k in keys) + "</tr>\n" for row in grid(scripts)
-    )
-    return PAGE.format(head=head, concept_rows=concept_rows, code_rows=code_rows)
-
-
 PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -312,6 +268,50 @@ class="tag">concept · 概念</span></p>
 </body>
 </html>
 """
+
+
+def render(scripts: dict[str, list[str]]) -> str:
+    keys = list(scripts)
+    concepts = concept_lines(scripts)
+    comments = {key: comment_starts(lines) for key, lines in scripts.items()}
+    badges: dict[tuple[str, int], list[str]] = {}
+    for english, chinese, numbers in concepts:
+        for key, number in numbers.items():
+            badges.setdefault((key, number), []).append(f"{english} · {chinese}")
+
+    def cell_html(key: str, cell: Cell) -> str:
+        if cell.number is None:
+            return f'<td class="{cell.state}"></td>'
+        tags = "".join(f'<span class="tag">{t}</span>' for t in badges.get((key, cell.number), []))
+        code = code_html(cell.text, comments[key].get(cell.number))
+        return (
+            f'<td class="{cell.state}" id="{key}-{cell.number}"><div class="line"><span class="n">'
+            f"{cell.number}</span><code>{code}</code></div>{tags}</td>"
+        )
+
+    head = "".join(
+        f"<th>{html.escape(SCRIPTS[k][0])}<br><code>minimal/{SCRIPTS[k][1]}</code>"
+        f'<span class="meta">{column_meta(scripts[keys[0]], scripts[k], k == keys[0])}</span></th>'
+        for k in keys
+    )
+
+    def concept_cell(key: str, number: int) -> str:
+        code = code_only(scripts[key][number - 1], comments[key].get(number))
+        return (
+            f'<td><a href="#{key}-{number}"><div class="line"><span class="n">{number}</span>'
+            f"<code>{html.escape(code)}</code></div></a></td>"
+        )
+
+    concept_rows = "".join(
+        f'<tr><th>{english}<br><span class="zh">{chinese}</span></th>'
+        + "".join(concept_cell(k, numbers[k]) for k in keys)
+        + "</tr>\n"
+        for english, chinese, numbers in concepts
+    )
+    code_rows = "".join(
+        "<tr>" + "".join(cell_html(k, row[k]) for k in keys) + "</tr>\n" for row in grid(scripts)
+    )
+    return PAGE.format(head=head, concept_rows=concept_rows, code_rows=code_rows)
 
 
 def main() -> None:

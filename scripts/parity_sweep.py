@@ -9,8 +9,8 @@ Each cell (seed, number of samples) runs compare.py twice, with --check:
   groupings of each step's samples (interleaved, sharded). The Trainer and Fabric share plain
   PyTorch's grouping and are checked on two processes by the test suite.
 Then it prints, per check, the largest difference seen over all cells and the bound it is held
-to (parity.py gives each bound's reason). The 20x size trains 2 epochs (1000 optimizer steps) to
-keep the sweep short (start-up dominates each run); the others train the task's 5.
+to (fourways/parity.py gives each bound's reason). The 20x size trains 2 epochs (1000 optimizer
+steps) to keep the sweep short (start-up dominates each run); the others train the task's 5.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def largest(values: Iterable[float | None]) -> float:
 
 
 def table(runs: list[dict]) -> list[tuple[str, str, str]]:
-    def select(processes: int, precision: str, accumulate: int, runners=None) -> list[dict]:
+    def select(
+        processes: int, precision: str, accumulate: int, runners: tuple[str, ...] | None = None
+    ) -> list[dict]:
         return [r for r in runs if mode(r) == (processes, precision, accumulate)
                 and (runners is None or r["runner"] in runners)]  # fmt: skip
 
@@ -119,7 +121,7 @@ def table(runs: list[dict]) -> list[tuple[str, str, str]]:
          worst(two_acc, "reference_diff"), "0"),
         ("compare.py --check: cells that AGREE", f"{len(agreeing)} / {len(cells)}", "all"),
         ("reported: accelerate 2 processes vs torch, float32 (rounding)",
-         worst(sharded, "max_weight_diff"), "no bound (see parity.py)"),
+         worst(sharded, "max_weight_diff"), "no bound (see fourways/parity.py)"),
         ("same steps in float64, accelerate's grouping vs torch's", worst(sharded, "float64_gap"),
          f"{parity.SAME_SAMPLES_FLOAT64_TOL:g}"),
         ("reported: torch 2 processes vs 1 process, float32 (rounding)",

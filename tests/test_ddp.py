@@ -1,8 +1,8 @@
 """Two processes (gloo on CPU), in every runner: bit for bit the replay of its own arithmetic.
 
 Plain DDP, Fabric and the Trainer interleave each step's 32 samples over the ranks
-(DistributedSampler); Accelerate shards them (rank 0 takes samples 0-15). parity.py replays each
-grouping in-process, DDP's gradient combination included, and every run must equal it exactly.
+(DistributedSampler); Accelerate shards them (rank 0 takes samples 0-15). fourways/parity.py replays
+each grouping in-process, DDP's gradient combination included, and every run must equal it exactly.
 That both groupings are the same training as one device is shown in float64 (test_parity.py).
 """
 
@@ -63,7 +63,8 @@ def test_metrics_cover_every_sample_once(
         assert metrics["optimizer_steps"] == 125
         single = load_metrics(single_device_runs[name])["epochs"]
         for ours, ref in zip(metrics["epochs"], single, strict=True):
-            # Means over all 800 / 200 samples: one device's, up to summation order (parity.py).
+            # Means over all 800 / 200 samples: one device's, up to summation order
+            # (fourways/parity.py).
             for key in ("train_loss", "val_loss", "val_acc"):
                 expected = pytest.approx(ref[key], rel=parity.EPOCH_METRIC_REL_TOL)
                 assert ours[key] == expected, (name, ours["epoch"], key)

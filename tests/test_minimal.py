@@ -120,7 +120,8 @@ def test_two_processes_reach_the_weights_of_their_own_arithmetic(
 ) -> None:
     full_metrics = epoch_metrics(single_device_runs["torch"] / "console.txt")
     for name, path in two_process_runs.items():
-        # Bit for bit the replay of this framework's own two-process arithmetic (parity.py):
+        # Bit for bit the replay of this framework's own two-process arithmetic
+        # (fourways/parity.py):
         # Accelerate deals whole batches out to the ranks, the others interleave samples.
         grouping = parity.grouping_of("accelerate" if name == "accelerate" else "torch", 2)
         replayed = reference(parity.Setup(processes=2, grouping=grouping))

@@ -1,5 +1,6 @@
-"""parity.py's claims, in-process (no runner started): the groupings it replays are the loaders'
-own, they are the same training as one device, and its float64 check catches the usual mistakes.
+"""fourways/parity.py's claims, in-process (no runner started): the groupings it replays are the
+loaders' own, they are the same training as one device, and its float64 check catches the usual
+mistakes.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_alone_matches_an_uninterrupted_run(
     ours, reference = load_weights(run_dir), load_weights(configured_reference)
     if processes == 1:
         assert_same_weights(ours, reference)
-    else:  # bit for bit the replay of this runner's own two-process arithmetic (parity.py)
+    else:  # bit for bit the replay of this runner's own two-process arithmetic (fourways/parity.py)
         grouping = parity.grouping_of(name, processes)
         setup = parity.Setup(lr=0.002, hidden_dim=16, seed=7, processes=2, grouping=grouping)
         assert_equals_replay(name, run_dir, setup)

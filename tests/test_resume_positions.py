@@ -25,7 +25,7 @@ from fourways.contract import faults
 
 STEPS_PER_EPOCH, EPOCHS, LR = 4, 3, 0.004
 # 160 samples: 128 to train (4 steps of 32), 32 to validate. A learning rate of its own: each
-# runner's uninterrupted run is checked against the replay (parity.py), so a runner that
+# runner's uninterrupted run is checked against the replay (fourways/parity.py), so a runner that
 # trained with another (its default) would fail here, in the fast subset.
 SMALL_RUN = {"num_samples": "160", "epochs": str(EPOCHS), "lr": str(LR)}
 SETUP = parity.Setup(num_samples=160, epochs=EPOCHS, lr=LR)

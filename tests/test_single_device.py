@@ -27,7 +27,7 @@ CONFIG = {  # the run's configuration, as checkpoints record it: the defaults he
 
 
 def test_four_runners_equal_the_replay_bit_for_bit(single_device_runs: dict[str, Path]) -> None:
-    # One process: every runner's arithmetic is the replay's (parity.py), so no tolerance.
+    # One process: every runner's arithmetic is the replay's (fourways/parity.py), so no tolerance.
     for name, run_dir in single_device_runs.items():
         weights = load_weights(run_dir)
         assert sorted(weights) == ["hidden.bias", "hidden.weight", "out.bias", "out.weight"], name
@@ -40,7 +40,7 @@ def test_four_runners_report_the_same_epochs(single_device_runs: dict[str, Path]
     for name, run_dir in single_device_runs.items():
         epochs = load_metrics(run_dir)["epochs"]
         for ours, ref in zip(epochs, reference, strict=True):
-            # Equal weights; the means are summed in each runner's own order (parity.py).
+            # Equal weights; the means are summed in each runner's own order (fourways/parity.py).
             for key in ("train_loss", "val_loss", "val_acc"):
                 expected = pytest.approx(ref[key], rel=parity.EPOCH_METRIC_REL_TOL)
                 assert ours[key] == expected, (name, ours["epoch"], key)

@@ -1,7 +1,8 @@
 """Precision, gradient accumulation and sharded strategies: the same meaning in every runner.
 
-- bf16-mixed: the four runners equal the bf16 replay of their arithmetic bit for bit (parity.py),
-  record the precision, and differ from fp32 (so they really computed in bf16).
+- bf16-mixed: the four runners equal the bf16 replay of their arithmetic bit for bit
+  (fourways/parity.py), record the precision, and differ from fp32 (so they really computed in
+  bf16).
 - Accumulation: K micro-batches per optimizer step equal the replay of that arithmetic, on one
   process (2 x 16) and on two (2 processes x 2 micro-batches x 8, sharded by Accelerate,
   interleaved by the others); test_parity.py shows in float64 that it is the 1 x 32 training.
@@ -158,15 +159,6 @@ def cases(names: list[str]) -> list[object]:
     return [pytest.param(n, marks=[without_cuda] if n in CUDA_ONLY else []) for n in names]
 
 
-def direct_cases() -> list[object]:
-    """The in-process refusals join the fast subset; the one that needs its own process not."""
-    slow = {case for case, (_, _, stub_deepspeed) in DIRECT_REFUSALS.items() if stub_deepspeed}
-    return [
-        pytest.param(n, marks=[without_cuda] * (n in CUDA_ONLY) + [pytest.mark.slow] * (n in slow))
-        for n in DIRECT_REFUSALS
-    ]
-
-
 # id: (command builder, words the one line must hold, importable deepspeed stand-in)
 DIRECT_REFUSALS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...], bool]] = {
     **{
@@ -202,6 +194,16 @@ DIRECT_REFUSALS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...], b
     "config-lightning-deepspeed_zero2": (trainer_config("deepspeed_zero2"), (), False),
     "config-lightning-deepspeed_zero3": (trainer_config("deepspeed_zero3"), (), False),
 }  # fmt: skip
+
+
+def direct_cases() -> list[object]:
+    """The in-process refusals join the fast subset; the one that needs its own process not."""
+    slow = {case for case, (_, _, stub_deepspeed) in DIRECT_REFUSALS.items() if stub_deepspeed}
+    return [
+        pytest.param(n, marks=[without_cuda] * (n in CUDA_ONLY) + [pytest.mark.slow] * (n in slow))
+        for n in DIRECT_REFUSALS
+    ]
+
 
 # Under `accelerate launch` the script still refuses with its one line, but the launcher turns
 # exit status 2 into its own 1 and adds its own traceback (subprocess.CalledProcessError, or torch

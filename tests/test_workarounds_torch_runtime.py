@@ -20,8 +20,8 @@ from fourways.workarounds import torch_runtime
 
 
 def test_default_collate_hands_a_fetched_batch_back_as_it_is() -> None:
-    # The registration (task.py, at import) is consulted: the very tensors fetched come back,
-    # nothing taken apart and stacked again.
+    # The registration (fourways/task.py, at import) is consulted: the very tensors fetched come
+    # back, nothing taken apart and stacked again.
     train, _ = task.split_dataset(task.make_dataset(40))
     fetched = train.__getitems__([3, 1, 4, 1])
     collated = default_collate(fetched)

@@ -7,7 +7,8 @@ the process's peak RSS and its torch thread count to COMPARE_STEP_LOG/<pid>.json
 Its cost is one `perf_counter()` and one list append per step, the same for every runner.
 
 With COMPARE_PAUSE_AT=N the process stops itself (SIGSTOP) right after its N-th optimizer step:
-the benchmark's barrier, so that two runs start their timed steps together (overhead.py).
+the benchmark's barrier, so that two runs start their timed steps together
+(fourways/benchmark/slicing.py).
 
 With COMPARE_PROFILE=FIRST:LAST it also samples the main thread's Python stack every 1 ms of wall
 time between optimizer steps FIRST and LAST (a statistical profile of the steady state; time spent

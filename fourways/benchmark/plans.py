@@ -158,8 +158,9 @@ def profile_window(point: Point) -> str:
 
 
 def make_run(point: Point, repeat: int, out: Path, root: Path, pair: str = "") -> BenchRun:
-    """The run of `point` in `repeat`, its runs/ and logs/ folders under `out`; compare.py's
-    machinery builds its command (compare.command) and starts it."""
+    """The run of `point` in `repeat`, its runs/ and logs/ folders under `out`, from the checkout
+    at `root`; the comparison's machinery builds its command (fourways.compare.commands) and
+    starts it."""
     where = f"{point.key}/r{repeat}/{pair + '/' if pair else ''}{point.runner}"
     env = {"COMPARE_PROFILE": profile_window(point)} if point.section == "profile" else {}
     return BenchRun(

@@ -43,7 +43,10 @@ def parse_args(argv: Sequence[str] | None = None, *, checkout: Path) -> argparse
     )
     parser.add_argument("--processes", nargs="+", type=settings.positive_int, default=[1])
     parser.add_argument("--precision", nargs="+", choices=arguments.PRECISIONS, default=["32-true"])
-    parser.add_argument("--accumulate", nargs="+", type=settings.positive_int, default=[1])
+    accumulate = settings.BY_KEY["accumulate"]
+    parser.add_argument(
+        "--accumulate", nargs="+", type=accumulate.parse, default=[accumulate.default]
+    )
     parser.add_argument(
         "--strategy",
         nargs="+",

@@ -18,6 +18,8 @@ from fourways.contract import arguments
 
 # benchmarks/steptimer/sitecustomize.py, in the run's checkout: it records every optimizer step
 STEP_TIMER = Path("benchmarks", "steptimer")
+# The settings a minimal loop (minimal/) takes: the task's size; the rest are the task's defaults.
+MINIMAL_SIZE = ("epochs", "num_samples", "hidden_dim")
 ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
 
@@ -106,7 +108,7 @@ def fsdp2_command(run: Run, argv: list[str], port: str | None) -> list[str]:
 def minimal_command(run: Run, port: str | None) -> list[str]:
     """A minimal loop (minimal/), launched as its docstring says: the task's size only."""
     s, mode, script, py = run.settings, run.mode, MINIMAL[run.runner], sys.executable
-    size = {"epochs": 0, "num_samples": 0, "hidden_dim": 0}
+    size = dict.fromkeys(MINIMAL_SIZE, 0)
     if s.replace(**size) != settings.DEFAULTS.replace(**size):
         raise ValueError(f"{run.runner} takes the task's defaults beyond its size: {s}")
     if mode.precision != "32-true" or mode.accumulate != 1:
@@ -126,21 +128,26 @@ def minimal_command(run: Run, port: str | None) -> list[str]:
         argv += ["--main_process_port", str(port), script, "--cpu"]
     else:
         argv += ["--cpu"]
-    argv += ["--epochs", str(s.epochs), "--num-samples", str(s.num_samples)]
-    return [*argv, "--hidden-dim", str(s.hidden_dim), "--save", str(run.run_dir / "model.pt")]
+    for key in MINIMAL_SIZE:  # spelled as the hand-written runners spell them
+        argv += [settings.BY_KEY[key].flag, str(getattr(s, key))]
+    return [*argv, "--save", str(run.run_dir / "model.pt")]
 
 
 def child_env(run: Run, extra: dict[str, str]) -> dict[str, str]:
     """Our environment without a launcher's variables, plus what every run gets the same."""
     env = {k: v for k, v in os.environ.items() if not is_launch_variable(k)}
-    pythonpath = [str(run.checkout / STEP_TIMER), *filter(None, [env.get("PYTHONPATH")])]
+    # The step timer, then the checkout itself: a script below its top (minimal/, benchmarks/)
+    # imports the checkout's fourways, as the runners at its top do, not an installed copy.
+    timer_and_checkout = [str(run.checkout / STEP_TIMER), str(run.checkout)]
+    pythonpath = [*timer_and_checkout, *filter(None, [env.get("PYTHONPATH")])]
     env |= {
         "OMP_NUM_THREADS": str(run.threads),  # the same threads for every runner
         "MKL_NUM_THREADS": str(run.threads),
         "PYTHONPATH": os.pathsep.join(pythonpath),
         "COMPARE_STEP_LOG": str(run.log_dir / "steps"),
         "PYTHONUNBUFFERED": "1",  # epoch lines reach the log (and the progress display) at once
-        interrupts.MARKER: interrupts.TAG,  # inherited by a launcher's ranks: see interrupts.py
+        # Inherited by a launcher's ranks too: see fourways/interrupts.py.
+        interrupts.MARKER: interrupts.TAG,
     }
     return env | extra
 

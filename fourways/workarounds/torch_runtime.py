@@ -87,8 +87,8 @@ def accelerate_requested_processes() -> int:
 # `torch.load(weights_only=True)` raises a plain `pickle.UnpicklingError` for whatever its
 # weights-only unpickler will not read (a refused global, a damaged stream too), with a message
 # that starts as below; pickle's own errors (a cut stream read by the restricted unpickler in
-# sharded.py, which writes the same words when it refuses) are UnpicklingErrors without it. No
-# subclass, attribute or chained cause tells them apart, only the message.
+# fourways/sharded.py, which writes the same words when it refuses) are UnpicklingErrors
+# without it. No subclass, attribute or chained cause tells them apart, only the message.
 # (`torch.serialization.get_unsafe_globals_in_checkpoint` is public but reads zip files only.)
 WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 

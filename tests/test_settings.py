@@ -1,5 +1,6 @@
-"""Every init argument of the task is an option of every runner, reaches the model and the data,
-and is recorded in the run's configuration (resume refusals: test_resume.py)."""
+"""Each setting once (fourways/settings.py): every setting is an option of every runner, spelled
+for each, reaches the model and the data, and is recorded in the run's configuration (resume
+refusals: test_resume.py)."""
 
 from __future__ import annotations
 
