@@ -1,6 +1,6 @@
 """Do the parity checks hold beyond the default task? 5 seeds x 3 sizes, through compare.py --check.
 
-    nice python scripts/parity_sweep.py     # 180 runs: ~70 min on a shared 2-core machine
+    nice python scripts/parity_sweep.py     # 180 runs: ~19 min on 2 quiet cores, ~70 shared
     python scripts/parity_sweep.py --seeds 1 2 --sizes 320 --out reports/sweep-small
 
 Each cell (seed, number of samples) runs compare.py twice, with --check:
