@@ -183,7 +183,6 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
     configuration settled against it. Refusals are errors.UsageError."""
     run_dir = run_dirs.resolve_run_dir(args.run_dir, "accelerate", args.resume)
     checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
-    recorded = None if checkpoint is None else checkpoint["config"]
     given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
     if given is not None and given not in PRECISIONS:
         raise errors.UsageError(
@@ -192,11 +191,9 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
         )
     config = resume.settle_args(
         args,
-        recorded,
+        checkpoint,
         resume.Given("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
     )
-    if checkpoint is not None:
-        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
     on_cuda = torch.cuda.is_available() and not args.cpu
     if launched_with("deepspeed"):  # set by `accelerate launch` from its config
         arguments.check_strategy("deepspeed", on_cuda)

@@ -198,29 +198,24 @@ def main() -> None:
 def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict]:
     """The checkpoint to resume, with its path (None for a new run), and the run's configuration
     settled against it; `args.strategy` becomes the run's. Refusals are errors.UsageError."""
-    if args.resume and args.run_dir is None:
-        raise errors.UsageError("--resume continues the run in --run-dir: name that directory")
     checkpoint, checked = None, None
-    if args.resume:
-        run_dirs.check_run_dir(args.run_dir, resume=True)
-        path = args.run_dir / "checkpoints" / "last.ckpt"
+    if args.resume:  # the run directory to continue (a new one is the logger's, later)
+        run_dir = run_dirs.resolve_run_dir(args.run_dir, "fabric", resume=True)
+        path = run_dir / "checkpoints" / "last.ckpt"
         if errors.rank() == 0:
             sharded.recover(path)
         # A file, or a folder under fsdp2: every file read as tensors and plain values only.
         checkpoint = sharded.read_lightning_checkpoint(path)
         checked = (path, checkpoint)
-    recorded = None if checkpoint is None else checkpoint.get("config", {})
     precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets these
     strategy = os.environ.get("LT_STRATEGY", args.strategy)
     config = resume.settle_args(
         args,
-        recorded,
+        checkpoint,
         resume.Given("precision", "--precision", precision, "32-true"),
         resume.Given("strategy", "--strategy", strategy, "auto"),
     )
     args.strategy = strategy = config["strategy"]
-    if checkpoint is not None:
-        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
     if strategy == arguments.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
         raise errors.UsageError(
             "fsdp2 is this script's strategy, not fabric run's: python fabric_train.py "

@@ -211,14 +211,12 @@ def settle_run(
     checkpoint = checkpoint_io.load_checkpoint(checkpoint_path) if args.resume else None
     config = resume.settle_args(
         args,
-        None if checkpoint is None else checkpoint.pop("config", {}),
+        checkpoint,
         resume.Given("precision", "--precision", args.precision, "32-true"),
         resume.Given("strategy", "--strategy", args.strategy, "ddp"),
         resume.Given("world_size", "processes", world_size, world_size),
     )
     args.strategy = config["strategy"]
-    if checkpoint is not None:
-        resume.check_epochs_left(args.epochs, resume.epochs_reached(checkpoint))
     args.precision = config["precision"]
     arguments.check_precision(args.precision, device.type == "cuda")
     arguments.check_strategy(args.strategy, device.type == "cuda")

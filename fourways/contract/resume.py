@@ -79,13 +79,17 @@ def given_options(args: argparse.Namespace) -> list[Given]:
 
 
 def settle_args(
-    args: argparse.Namespace, recorded: dict[str, Any] | None, *fixed: Given
+    args: argparse.Namespace, checkpoint: dict[str, Any] | None, *fixed: Given
 ) -> dict[str, Any]:
     """The hand-written runners' configuration: the task's options (written back into `args`)
-    and the runner's own `fixed` ones (precision, processes), settled against the checkpoint."""
+    and the runner's own `fixed` ones (precision, processes), settled against the configuration
+    the checkpoint records; and on resume, no fewer epochs than it has trained into."""
+    recorded = None if checkpoint is None else checkpoint.get("config", {})
     config = settle_config([*given_options(args), *fixed], recorded)
     for option in settings.OPTIONS:
         setattr(args, option.dest, config[option.key])
+    if checkpoint is not None:
+        check_epochs_left(args.epochs, epochs_reached(checkpoint))
     return config
 
 
