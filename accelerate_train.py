@@ -55,15 +55,12 @@ def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser("Train the task with Hugging Face Accelerate.")
     parser.add_argument(
         "--mixed-precision",
-        choices=("no", "bf16", "fp16"),
+        choices=tuple(arguments.ACCELERATE_PRECISIONS),
         default=None,
         help="default: what `accelerate launch` or its config file says, else no",
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo)")
     return parser.parse_args()
-
-
-PRECISIONS = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # Accelerate's: ours
 
 
 def main() -> None:
@@ -75,7 +72,7 @@ def main() -> None:
     # --- Precision and accumulation: Accelerate's own arguments (the minimal loop's `cpu`).
     accelerator = Accelerator(
         cpu=args.cpu,
-        mixed_precision={ours: theirs for theirs, ours in PRECISIONS.items()}[config["precision"]],
+        mixed_precision=arguments.TO_ACCELERATE[config["precision"]],
         gradient_accumulation_steps=args.accumulate,
         # No duplicated samples to even out the last batches: the metrics see each sample once.
         dataloader_config=DataLoaderConfiguration(even_batches=False),
@@ -88,7 +85,7 @@ def main() -> None:
     config |= resume.settle_config(
         [resume.Given("world_size", processes, accelerator.num_processes, None)], recorded
     )
-    precision = PRECISIONS[accelerator.mixed_precision]
+    precision = arguments.ACCELERATE_PRECISIONS[accelerator.mixed_precision]
     if precision == "16-mixed" and accelerator.device.type != "cuda":
         # Accelerate would train in fp32 and still report fp16: refuse instead.
         raise errors.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
@@ -184,15 +181,21 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
     run_dir = run_dirs.resolve_run_dir(args.run_dir, "accelerate", args.resume)
     checkpoint = checkpoint_progress(newest_checkpoint(run_dir)) if args.resume else None
     given = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")  # launch's
-    if given is not None and given not in PRECISIONS:
+    precisions = arguments.ACCELERATE_PRECISIONS
+    if given is not None and given not in precisions:
         raise errors.UsageError(
             f"mixed precision {given} (from accelerate launch or its config) is not one of "
-            f"{', '.join(PRECISIONS)}"
+            f"{', '.join(precisions)}"
         )
     config = resume.settle_args(
         args,
         checkpoint,
-        resume.Given("precision", "--mixed-precision", given and PRECISIONS[given], "32-true"),
+        resume.Given(
+            "precision",
+            "--mixed-precision",
+            given and precisions[given],
+            "32-true",
+        ),
     )
     on_cuda = torch.cuda.is_available() and not args.cpu
     if launched_with("deepspeed"):  # set by `accelerate launch` from its config

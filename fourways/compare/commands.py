@@ -20,7 +20,6 @@ from fourways.contract import arguments
 STEP_TIMER = Path("benchmarks", "steptimer")
 # The settings a minimal loop (minimal/) takes: the task's size; the rest are the task's defaults.
 MINIMAL_SIZE = ("epochs", "num_samples", "hidden_dim")
-ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
 
 def free_port() -> int:
@@ -38,7 +37,7 @@ def task_flags(runner: str, mode: Mode, s: settings.Settings) -> list[str]:
     if runner in ("torch", "fabric"):
         flags += ["--precision", mode.precision]
     elif runner == "accelerate":
-        flags += ["--mixed-precision", ACCELERATE_PRECISION[mode.precision]]
+        flags += ["--mixed-precision", arguments.TO_ACCELERATE[mode.precision]]
     return flags
 
 
@@ -76,7 +75,7 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         if n > 1:
             argv = [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
             argv += [str(n), "--num_machines", "1", "--dynamo_backend", "no"]
-            argv += ["--mixed_precision", ACCELERATE_PRECISION[run.mode.precision]]
+            argv += ["--mixed_precision", arguments.TO_ACCELERATE[run.mode.precision]]
             argv += ["--main_process_port", port, "accelerate_train.py"]
         argv += ["--cpu", *flags, "--run-dir", str(run.run_dir)]
     else:

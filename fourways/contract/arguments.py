@@ -14,6 +14,9 @@ from fourways import settings
 from fourways.contract.errors import ArgumentParser, UsageError
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+# Accelerate's names for them (its --mixed_precision, and the hand-written runner's).
+ACCELERATE_PRECISIONS = {"no": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+TO_ACCELERATE = {ours: theirs for theirs, ours in ACCELERATE_PRECISIONS.items()}
 
 
 # FSDP2 (torch's `fully_shard`): trains on CPU processes over gloo as on GPUs (FRAMEWORK_NOTES,
