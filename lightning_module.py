@@ -13,22 +13,18 @@ fourways/trainer_checkpoints.py.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
-from tqdm import tqdm
 
 from datamodule import TaskDataModule
 from fourways import settings, task
-from fourways.contract import console, errors, faults
+from fourways.contract import errors
 from fourways.trainer_cli import TaskCLI
 
 # The labels are 0 and 1: fewer than two logits cannot classify them (torchmetrics refuses 1).
@@ -36,7 +32,9 @@ AtLeastTwo = restricted_number_type("AtLeastTwo", int, (">=", 2))
 
 
 class MLPClassifier(L.LightningModule):
-    """The MLP with its loss, metrics and optimizer. Fabric and Accelerate drive it too."""
+    """The task's MLP with its loss, its validation metrics and its optimizer: a LightningModule as
+    a user writes one. The runners keep the run's bookkeeping (fourways.driving, and the
+    Trainer's callback in fourways.trainer_bookkeeping); all four train this class."""
 
     def __init__(
         self,
@@ -48,88 +46,23 @@ class MLPClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = task.MLP(num_features, hidden_dim, num_classes)
-        # torchmetrics sum over every process when computed: the loss is a mean over every
-        # sample (weighted by batch size), the accuracy micro-averaged (not per-class).
-        self.train_loss = MeanMetric()
-        # Each step's loss is listed and handed to the metric once per epoch (or checkpoint): a
-        # metric update per step cost more than the MLP's own step, and even one tensor op (or
-        # an nn.Module attribute set) a step is a few % of it (profiled).
-        self.step_losses: list[tuple[torch.Tensor, int]] = []
-        self.val_loss = MeanMetric()
+        # Micro-averaged over every validation sample of every process (torchmetrics syncs it).
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.history: list[dict[str, float]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y)  # not self(x): one module call fewer a step
-        self.record_train_loss(loss, y.numel())
-        return loss
-
-    def record_train_loss(self, loss: torch.Tensor, count: int) -> None:
-        """Lists one micro-batch's mean loss and its samples, for the epoch's mean."""
-        self.step_losses.append((loss.detach(), count))
-
-    def fold_train_loss(self) -> None:
-        """Moves the listed losses into the metric (which syncs processes): one update, each
-        loss weighted by its samples."""
-        if self.step_losses:
-            losses, counts = zip(*self.step_losses, strict=True)
-            device = self.train_loss.device
-            self.train_loss.update(
-                torch.stack(losses).float().to(device),
-                torch.tensor(counts, dtype=torch.float32, device=device),
-            )
-            self.step_losses.clear()
-
-    def on_validation_epoch_start(self) -> None:
-        # Forget the Trainer's sanity-check batches: each epoch validates all 200 samples once.
-        self.val_loss.reset()
-        self.val_acc.reset()
+        return F.cross_entropy(self.model(x), y)  # not self(x): one module call fewer a step
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
+        # The epoch's value is the mean weighted by batch size, over every process (sync_dist).
+        self.log("val_loss", F.cross_entropy(logits, y), sync_dist=True)
         self.val_acc.update(logits, y)
-
-    def on_validation_epoch_end(self) -> None:
-        # `validate` alone reports here, through the Trainer's logger and results table; in `fit`
-        # the validation metrics join the epoch's line in on_train_epoch_end instead.
-        if self.trainer.state.fn == TrainerFn.VALIDATING:
-            self.log_dict({"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute()})
-
-    def epoch_metrics(self) -> dict[str, float]:
-        """This epoch's metrics, synced over all processes; resets them for the next epoch."""
-        self.fold_train_loss()
-        metrics = {
-            "train_loss": self.train_loss.compute().item(),
-            "val_loss": self.val_loss.compute().item(),
-            "val_acc": self.val_acc.compute().item(),
-        }
-        for metric in (self.train_loss, self.val_loss, self.val_acc):
-            metric.reset()
-        return metrics
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if faults.FAULT:  # the resume tests' fault points: the step count is a chain of calls
-            faults.inject_fault("step", self.trainer.global_step)
-
-    def on_train_start(self) -> None:
-        self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts its clock here
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        metrics = self.epoch_metrics()
-        metrics["epoch_s"] = time.perf_counter() - self._epoch_start  # training + validation
-        if self.trainer.global_rank == 0:  # under Fabric, `self.trainer` forwards to Fabric
-            tqdm.write(console.epoch_line(len(self.history) + 1, metrics))
-        self.history.append(metrics)
-        self.log_dict(metrics, sync_dist=True)  # equal on every rank already; this is a no-op
+        self.log("val_acc", self.val_acc)
 
     def configure_model(self) -> None:
         """Under ModelParallelStrategy (configs/lightning/fsdp2.yaml): the MLP sharded with FSDP2
@@ -139,30 +72,6 @@ class MLPClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-    def progress_state(self) -> dict[str, Any]:
-        """Finished epochs and this epoch's running train-loss sums over every process.
-
-        For checkpoints. A collective under DDP: every rank must call it.
-        """
-        self.fold_train_loss()
-        with self.train_loss.sync_context():
-            sums = [self.train_loss.mean_value.item(), self.train_loss.weight.item()]
-        return {"history": self.history, "train_loss_sums": sums}
-
-    def load_progress_state(self, state: dict[str, Any], rank: int) -> None:
-        self.history = state["history"]
-        self.train_loss.reset()
-        self.step_losses.clear()
-        if rank == 0:  # the sums cover every rank: one rank carries them, the others start at 0
-            self.train_loss.mean_value += state["train_loss_sums"][0]
-            self.train_loss.weight += state["train_loss_sums"][1]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["progress"] = self.progress_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.load_progress_state(checkpoint["progress"], self.trainer.global_rank)
 
 
 def main() -> None:
