@@ -177,3 +177,11 @@ def build(choice: Choice, args: argparse.Namespace) -> Any:
 def name(choice: Choice) -> str:
     """The class's name, as the refusals say it."""
     return choice.path.rpartition(".")[2]
+
+
+def split_global_batch(data: L.LightningDataModule, world_size: int, accumulate: int) -> None:
+    """A DataModule that takes the GLOBAL batch (the task's: it defines `set_micro_batch_size`)
+    is told the processes and accumulation steps that share it; any other keeps its own batch
+    size, per process, as under the Trainer."""
+    if hasattr(data, "set_micro_batch_size"):
+        data.set_micro_batch_size(world_size, accumulate)
