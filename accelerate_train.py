@@ -40,7 +40,7 @@ from fourways.contract import (
     resume,
     run_dirs,
 )
-from fourways.driving import bookkeeping, classes, requirements
+from fourways.driving import bookkeeping, classes, requirements, trace
 from fourways.driving.dispatch import StepsThroughForward
 from fourways.driving.logs import EpochLogs
 from fourways.workarounds import torch_runtime
@@ -137,6 +137,11 @@ def main() -> None:
     def save() -> None:
         save_checkpoint(accelerator, checkpoints, {**state, "progress": book.state()})
 
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(accelerator.process_index)
+    if tracer and checkpoint is None:
+        tracer.record(0, module, optimizer)
+
     # --- The loop: minimal/accelerate_train.py's, plus hooks, accumulation and checkpoints.
     start = time.perf_counter()
     module.on_fit_start()
@@ -168,6 +173,8 @@ def main() -> None:
             if accelerator.sync_gradients:
                 optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     save()
                 faults.inject_fault("step", state["steps"])
@@ -183,6 +190,8 @@ def main() -> None:
         save()
     module.on_train_end()
     module.on_fit_end()
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner. The full
     # weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.

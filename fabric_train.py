@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from fourways import settings, sharded
 from fourways.contract import arguments, console, errors, faults, records, resume, run_dirs
-from fourways.driving import bookkeeping, classes, requirements
+from fourways.driving import bookkeeping, classes, requirements, trace
 from fourways.driving.logs import EpochLogs
 from fourways.trainer_checkpoints import AtomicCheckpointIO
 from fourways.workarounds import torch_runtime
@@ -159,6 +159,11 @@ def main() -> None:
     def save() -> None:
         save_checkpoint(fabric, checkpoint_path, {**state, "progress": book.state()})
 
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(fabric.global_rank)
+    if tracer and not args.resume:
+        tracer.record(0, module, optimizer)
+
     # --- The loop: minimal/fabric_train.py's, plus hooks, accumulation, precision, checkpoints.
     start = time.perf_counter()
     fabric.call("on_fit_start")
@@ -190,6 +195,8 @@ def main() -> None:
                 optimizer.zero_grad()
                 optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
                     save()
@@ -207,6 +214,8 @@ def main() -> None:
         save()
     fabric.call("on_train_end")
     fabric.call("on_fit_end")
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner.
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then

@@ -45,7 +45,7 @@ from fourways.contract import (
     resume,
     run_dirs,
 )
-from fourways.driving import bookkeeping, classes, requirements
+from fourways.driving import bookkeeping, classes, requirements, trace
 from fourways.driving.dispatch import StepsThroughForward
 from fourways.driving.logs import EpochLogs
 from fourways.workarounds import torch_runtime
@@ -138,6 +138,11 @@ def main() -> None:
         save_checkpoint(checkpoint_path, {**state, "progress": progress}, module, optimization,
                         scaler, master)  # fmt: skip
 
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(rank)
+    if tracer and checkpoint is None:
+        tracer.record(0, module, optimizer)
+
     # --- The loop: minimal/simple_train.py's, plus hooks, accumulation, precision, checkpoints.
     start = time.perf_counter()
     module.on_fit_start()
@@ -173,6 +178,8 @@ def main() -> None:
                 optimizer.zero_grad()
                 optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
                     save()
@@ -190,6 +197,8 @@ def main() -> None:
         save()
     module.on_train_end()
     module.on_fit_end()
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner. A full
     # (unsharded) copy of the weights: a gather under FSDP, so every rank takes part.

@@ -60,8 +60,8 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         key, equals, value = key.partition("=")
         if not equals:
             value = next(items, None)
-            if value is None:
-                raise UsageError(f"{item} needs a value")
+            if value is None or value.startswith("--"):
+                raise UsageError(f"{item} needs a value: {item} VALUE")
         init[role].append(f"--{key.removeprefix('init_args.')}={value}")
     return rest, init
 
@@ -97,7 +97,7 @@ def import_class(role: str, path: str) -> type:
     if cls is None:
         raise UsageError(f"--{role} {path}: {module_name} has no {name}")
     if not isinstance(cls, type) or not issubclass(cls, base):
-        raise UsageError(f"--{role} {path}: not a {base.__module__}.{base.__name__} subclass")
+        raise UsageError(f"--{role} {path}: not a lightning.{base.__name__} subclass")
     return cls
 
 
@@ -109,7 +109,9 @@ def check_init_args(role: str, cls: type, given: list[str]) -> dict[str, Any]:
     try:
         parsed = parser.parse_args(given, defaults=False)
     except Exception as err:  # jsonargparse.ArgumentError, over several lines
-        reason = " ".join(str(err).split())
+        reason = " ".join(str(err).split()).replace(
+            "unrecognized arguments: --", "no init argument "
+        )
         raise UsageError(f"--{role} {cls.__module__}.{cls.__name__}: {reason}") from None
     return {key: value for key, value in vars(parsed).items() if value is not None}
 
