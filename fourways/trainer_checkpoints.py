@@ -20,7 +20,12 @@ from tqdm import tqdm
 
 from fourways import sharded
 from fourways.contract import checkpoint_io, errors, resume
+from fourways.trainer_bookkeeping import RunBookkeeping
 from fourways.workarounds import lightning_trainer
+
+# An epoch's metrics that the runner computes (fourways.driving.bookkeeping); the rest the module
+# logged, and the logger wrote them when they were logged.
+RUN_OWN = ("train_loss", "epoch_s")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -122,20 +127,24 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     says where the run stands and writes the epochs before it back into metrics.csv (the CSV
     logger starts its file anew).
 
-    The position is the other runners' (resume.resume_line): epochs finished (the module's
-    history), batches trained into the next one, optimizer steps.
+    The position is the other runners' (resume.resume_line): epochs finished (the bookkeeping
+    callback's history, fourways.trainer_bookkeeping), batches trained into the next one,
+    optimizer steps.
     """
 
     run_config: dict[str, Any]
+    bookkeeping: RunBookkeeping
     train_start: float
     batches_done = 0  # in the epoch under way, as of the last training batch
     resumed_position: dict[str, int] | None = None
     resume_reported = False  # said where the run resumed (say_where_resumed)
 
-    def record_run(self, run_config: dict[str, Any]) -> None:
-        """Called before fit: the configuration to record, and the training clock's start (reset
-        when training starts, which a resumed run that had already finished never does)."""
+    def record_run(self, run_config: dict[str, Any], bookkeeping: RunBookkeeping) -> None:
+        """Called before fit: the configuration to record, the run's bookkeeping (its history
+        is the position's epoch count), and the training clock's start (reset when training
+        starts, which a resumed run that had already finished never does)."""
         self.run_config = run_config
+        self.bookkeeping = bookkeeping
         self.train_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -165,7 +174,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     ) -> None:
         checkpoint["run_config"] = self.run_config
         checkpoint["position"] = {
-            "epoch": len(pl_module.history),
+            "epoch": len(self.bookkeeping.history),
             "batch": self.batches_done,
             "steps": trainer.global_step,
         }
@@ -190,6 +199,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
             tqdm.write(resume.resume_line(Path(trainer.ckpt_path), self.resumed_position))
         self.resume_reported = True
         steps_per_epoch = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
-        for epoch, metrics in enumerate(pl_module.history):  # as the Trainer logged them
+        for epoch, metrics in enumerate(self.bookkeeping.history):
+            logged = {k: v for k, v in metrics.items() if k not in RUN_OWN}  # the module's
             for logger in trainer.loggers:
-                logger.log_metrics({**metrics, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
+                logger.log_metrics({**logged, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
