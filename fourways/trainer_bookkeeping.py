@@ -8,8 +8,11 @@ from the Trainer's public hooks, so that metrics.json means the same in all four
 - each epoch's end: its train loss (the mean over every sample of every process), then what the
   module logged (the Trainer's callback_metrics, read as the hand-written runners'
   fourways.driving.logs.EpochLogs reproduces them), the epoch line on rank 0, the history;
-- checkpoints: the history and the epoch's running sums, as plain values (weights_only);
-- the resume tests' fault point after each optimizer step (fourways.contract.faults).
+- checkpoints: the history and the epoch's running sums, as plain values (weights_only).
+
+The resume tests' fault point after each step is the checkpoint callback's
+(fourways/trainer_checkpoints.py): it must strike after that step's checkpoint is written, and
+Lightning calls checkpoint callbacks after every other callback.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
-from fourways.contract import console, faults
+from fourways.contract import console
 from fourways.driving.bookkeeping import RunBook, step_loss
 
 # The checkpoint's entry, as the task's module wrote it before the bookkeeping moved here.
@@ -74,8 +77,6 @@ class RunBookkeeping(Callback):
         # Lightning hands over the loss divided by the accumulation steps (it backpropagates
         # that): the batch's own mean loss again (exact for 1, 2, 4, ... steps).
         self.book.record_loss(loss if self.accumulate == 1 else loss * self.accumulate, batch)
-        if faults.FAULT:  # the resume tests' fault points: the step count is a chain of calls
-            faults.inject_fault("step", trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Before the module's on_train_epoch_end and the checkpoint callbacks' (Lightning's

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from tqdm import tqdm
 
 from fourways import sharded
-from fourways.contract import checkpoint_io, errors, resume
+from fourways.contract import checkpoint_io, errors, faults, resume
 from fourways.trainer_bookkeeping import RunBookkeeping
 from fourways.workarounds import lightning_trainer
 
@@ -157,6 +157,10 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     ) -> None:
         self.batches_done = batch_idx + 1  # before a save: the position it records
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # The resume tests' fault point, after the step's checkpoint (a kill -9 there leaves
+        # it): Lightning calls checkpoint callbacks after every other callback.
+        if faults.FAULT:  # the step count is a chain of calls: checked only under the tests
+            faults.inject_fault("step", trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done = 0  # after validation and the module's epoch end: a finished epoch

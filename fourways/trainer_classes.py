@@ -23,6 +23,7 @@ this module adds:
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,40 @@ def check_class_paths(argv: Sequence[str]) -> None:
                 value = items[index + 1] if index + 1 < len(items) else ""
             if looks_like_class_path(value):
                 classes.import_class(role, value)
+
+
+def class_path_given(argv: Sequence[str], role: str) -> str:
+    """The class `--ROLE PATH` names on the command line, else the task's."""
+    items = list(argv)
+    for index, item in enumerate(items):
+        option, equals, value = item.partition("=")
+        if option in (f"--{role}", f"--{role}.class_path"):
+            value = value if equals else (items[index + 1] if index + 1 < len(items) else "")
+            if looks_like_class_path(value):
+                return value
+    return TASK[role]
+
+
+# jsonargparse names an init argument it refuses without its class: `Parser key "depth": ...`,
+# `Option 'depth' is not accepted`.
+INIT_ARG_ERROR = re.compile(r"""^(?:Parser key "|Option ')(\w+)["']""")
+
+
+def name_init_arg(message: str, argv: Sequence[str]) -> str:
+    """jsonargparse's refusal of an init argument given as `--model.NAME` / `--data.NAME`, with
+    the option and the class it was given to."""
+    match = INIT_ARG_ERROR.match(message)
+    if match is None:
+        return message
+    for item in argv:
+        option = item.partition("=")[0]
+        for role in classes.ROLES:
+            if option in (f"--{role}.{match[1]}", f"--{role}.init_args.{match[1]}"):
+                cls = class_path_given(argv, role)
+                if message.startswith("Option"):
+                    return f"{option}: {cls} takes no init argument {match[1]!r}"
+                return f"{option} ({cls}): {message}"
+    return message
 
 
 def looks_like_class_path(value: str) -> bool:

@@ -141,7 +141,8 @@ class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config file is reported as the contract's one line, exit status 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        errors.fail(" ".join(message.split()) + " (see --help)")
+        message = trainer_classes.name_init_arg(" ".join(message.split()), sys.argv[1:])
+        errors.fail(message + " (see --help)")
 
 
 class EpochBar(TQDMProgressBar):
