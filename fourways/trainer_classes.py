@@ -56,6 +56,31 @@ def check_class_paths(argv: Sequence[str]) -> None:
                 classes.import_class(role, value)
 
 
+# Options under --model / --data that are not init arguments.
+NOT_INIT_ARGS = ("class_path", "help")
+
+
+def without_init_args(argv: Sequence[str]) -> list[str]:
+    """The command line less its `--model.NAME VALUE` / `--data.NAME=VALUE` init arguments of a
+    class it does not name (on resume they may be the recorded class's), and --print_config
+    (which would print this parse): what chooses the classes and the checkpoint, parsed before
+    the classes' defaults are known."""
+    unnamed = {role for role in classes.ROLES if class_path_given(argv, role) == TASK[role]}
+    kept: list[str] = []
+    items = iter(argv)
+    for item in items:
+        option, equals, _ = item.partition("=")
+        role, dot, key = option.removeprefix("--").partition(".")
+        if option == "--print_config":
+            continue
+        if item.startswith("--") and dot and role in unnamed and key not in NOT_INIT_ARGS:
+            if not equals:
+                next(items, None)  # its value
+            continue
+        kept.append(item)
+    return kept
+
+
 def class_path_given(argv: Sequence[str], role: str) -> str:
     """The class `--ROLE PATH` names on the command line, else the task's."""
     items = list(argv)

@@ -186,33 +186,33 @@ class TaskCLI(LightningCLI):
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in READS}
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """The classes chosen start from their own defaults; with --ckpt_path, the checkpoint's
-        configuration becomes the defaults, so that options left out continue (or validate) the
-        run as configured and a contradicting one is refused."""
-        trainer_classes.check_class_paths(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        """Parsed twice. First without the classes' init arguments: which classes, and which
+        checkpoint. Then in full, the classes' defaults being their own (no init argument
+        carried over from the task's class) or, with --ckpt_path, the checkpoint's configuration,
+        so that options left out continue (or validate) the run as configured and a
+        contradicting one is refused."""
+        argv = list(sys.argv[1:] if args is None else args)
+        trainer_classes.check_class_paths(argv)
+        self.config = parser.parse_args(trainer_classes.without_init_args(argv))
         subcommand = self.config.get("subcommand")
         if subcommand not in READS:
             return
-        config = self.config[subcommand]
-        if config.ckpt_path is None:
-            chosen = {
+        config, recorded = self.config[subcommand], None
+        if config.ckpt_path is not None:
+            path = checkpoint_file(config, subcommand)
+            checkpoint = read_checked(path)
+            recorded = checkpoint.get("run_config", {})
+            parser.set_defaults(recorded_defaults(subcommand, recorded))
+        else:
+            parser.set_defaults({
                 f"{subcommand}.{role}": {"class_path": config[role].class_path}
                 for role in TASK_ROLES
-                if not trainer_classes.is_task(config, role)
-            }
-            if chosen:  # parsed again: no init argument carried over from the task's class
-                parser.set_defaults(chosen)
-                super().parse_arguments(parser, args)
-            trainer_classes.link_task_arguments(self.config[subcommand])
-            return
-        path = checkpoint_file(config, subcommand)
-        checkpoint = read_checked(path)
-        recorded = checkpoint.get("run_config", {})
-        parser.set_defaults(recorded_defaults(subcommand, recorded))
-        super().parse_arguments(parser, args)
+            })  # fmt: skip
+        self.config = parser.parse_args(argv)
         config = self.config[subcommand]
         trainer_classes.link_task_arguments(config)
+        if recorded is None:
+            return
         config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
         self.recorded, self.checked = recorded, (path, checkpoint)
         check_against_recorded(config, recorded)
