@@ -121,6 +121,30 @@ def plain_values(mapping: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def refuse_unresumable_loader(trainer: L.Trainer, position: dict[str, int] | None) -> None:
+    """A mid-epoch checkpoint continues exactly only from a training loader that records its
+    position (`state_dict` / `load_state_dict`, as torchdata's StatefulDataLoader, which the
+    task's data module uses): from any other, Lightning 2.6.6 warns and restarts the epoch's
+    data. Refused instead of training something else (nothing is written yet)."""
+    if position is None or position["batch"] == 0:
+        return
+    loader = trainer.train_dataloader
+    if isinstance(loader, dict):
+        loaders = list(loader.values())
+    else:
+        loaders = list(loader) if isinstance(loader, list | tuple) else [loader]
+    for each in loaders:
+        if not (hasattr(each, "state_dict") and hasattr(each, "load_state_dict")):
+            data = type(trainer.datamodule).__name__ if trainer.datamodule else "the data"
+            raise errors.UsageError(
+                f"the checkpoint is mid-epoch (epoch {position['epoch'] + 1}, batch "
+                f"{position['batch']}) and {data}'s training loader ({type(each).__name__}) cannot "
+                "resume there (no state_dict/load_state_dict; torchdata's StatefulDataLoader "
+                "can); checkpoint at epoch ends only (leave --checkpoint.every_n_train_steps out) "
+                "or make the loader resumable"
+            )
+
+
 class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     """ModelCheckpoint (configured by its own flags: --checkpoint.every_n_train_steps N, ...) that
     also records the run's configuration and its position in every checkpoint and, on resume,
@@ -171,6 +195,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
         # After the processes are launched and joined, as in the others (where it is set just
         # before the epoch loop): the launch and the sanity check are start-up, not training.
         self.train_start = time.perf_counter()
+        refuse_unresumable_loader(trainer, self.resumed_position)
         self.report_resume(trainer, pl_module)
 
     def on_save_checkpoint(

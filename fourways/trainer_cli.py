@@ -41,7 +41,10 @@ from fourways.trainer_checkpoints import (
 
 # Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
 # seed and the device. Bad input then leaves one line on stderr, as the contract asks.
-NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:")
+# On resume the runner says where it restarted (resume.resume_line): Lightning's own restore lines
+# repeat it.
+NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:", "Restoring states from",
+         "Restored all states from")  # fmt: skip
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE)
 )
@@ -53,6 +56,9 @@ warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # The CSV loggers warn about a run directory that already holds files: here, our checkpoints; on
 # a resume the logged history is replayed (Fabric) and metrics.json stays complete.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+# ModelCheckpoint says the same of the checkpoints folder: a run directory holding checkpoints is
+# a resume, or refused (run_dirs.check_run_dir).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 # The subcommands offered, each reading the task's data: fit trains, validate reports.
 READS = ("fit", "validate")

@@ -132,8 +132,41 @@ def test_a_user_model_killed_mid_epoch_resumes_alone_bit_for_bit(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "epoch 2, batch 2, optimizer step 10" in result.stdout
     assert_same_weights(load_weights(run_dir), load_weights(reference))
+    assert_same_epochs(run_dir, reference)
+
+
+def assert_same_epochs(run_dir: Path, reference: Path) -> None:
     resumed, uninterrupted = load_metrics(run_dir), load_metrics(reference)
     assert resumed["config"] == uninterrupted["config"]
     for ours, theirs in zip(resumed["epochs"], uninterrupted["epochs"], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):  # the same sums, folded alike
             assert ours[key] == theirs[key], (ours["epoch"], key)
+
+
+# A user's data module with an init argument of its own: 16 steps an epoch, a plain DataLoader.
+TINY = ["--data", "tests.user_models.TinyData", "--data.batch_size", "8",
+        "--trainer.max_epochs", "2"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_user_data_module_resumes_with_its_recorded_init_arguments(tmp_path: Path) -> None:
+    """Killed in epoch 2, resumed from epoch 1's end with TinyData's recorded batch of 8. Its
+    plain DataLoader cannot resume mid-epoch (Lightning would restart the epoch's data): a
+    mid-epoch checkpoint of it is refused in one line."""
+    reference = tmp_path / "reference"  # checkpoints each epoch's end (16 steps), as the run
+    every_epoch = ["--checkpoint.every_n_train_steps", "16"]
+    assert run(fit(reference, *WARMUP, *TINY, *every_epoch)).returncode == 0
+    run_dir = tmp_path / "run"
+    assert killed_run(TRAINER, run_dir, 1, "step:20", [*WARMUP, *TINY], every=5) != 0
+    refused = run(fit(run_dir, "--ckpt_path", "last"))
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "mid-epoch" in refused.stderr and "TinyData" in refused.stderr
+    assert not (run_dir / "model.pt").exists()
+
+    run_dir = tmp_path / "epochs"
+    assert killed_run(TRAINER, run_dir, 1, "step:20", [*WARMUP, *TINY], every=16) != 0
+    result = run(fit(run_dir, "--ckpt_path", "last"))
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2, batch 0, optimizer step 16" in result.stdout
+    assert_same_weights(load_weights(run_dir), load_weights(reference))
+    assert_same_epochs(run_dir, reference)
