@@ -9,11 +9,12 @@ run killed mid-epoch resumes alone, with its recorded classes and init arguments
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUNNERS, load_metrics, load_weights, run
+from conftest import PYTHON, RUNNERS, load_metrics, load_weights, run
 from test_resume import assert_same_weights, killed_run
 
 from examples.warmup_mlp import WarmupMLP
@@ -51,6 +52,18 @@ def test_a_user_model_trains_from_its_own_defaults_and_writes_its_state_dict(
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 3e-3
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")]\
         == ["1", "2"]  # fmt: skip
+
+    # validate reads the checkpoint's class and init arguments: the fit's last validation again.
+    command = [PYTHON, "lightning_module.py", "validate", "--trainer.accelerator", "cpu",
+               "--trainer.logger.init_args.save_dir", str(tmp_path / "val"),
+               "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]  # fmt: skip
+    validated = run(command)
+    assert validated.returncode == 0, validated.stderr
+    (logged,) = csv.DictReader(
+        (tmp_path / "val" / "lightning" / "version_0" / "metrics.csv").open()
+    )
+    assert float(logged["val_loss"]) == metrics["epochs"][-1]["val_loss"]
+    assert float(logged["val_acc"]) == metrics["epochs"][-1]["val_acc"]
 
 
 def test_a_user_data_module_trains_with_its_own_batch(tmp_path: Path) -> None:
