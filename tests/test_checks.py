@@ -24,7 +24,9 @@ def validation_terms(epochs: int) -> tuple[torch.Tensor, torch.Tensor]:
     runner reaches after `epochs` epochs of the default task (the replay's, bit for bit)."""
     weights = parity.replay(dataclasses.replace(parity.Setup(), epochs=epochs))
     model = task.MLP()
-    model.load_state_dict(weights)
+    model.load_state_dict(
+        {k.removeprefix(parity.TASK_MODULE_PREFIX): v for k, v in weights.items()}
+    )
     _, val_set = task.split_dataset(task.make_dataset(task.NUM_SAMPLES, seed=task.SEED))
     x, y = val_set.tensors
     with torch.no_grad():
@@ -79,7 +81,9 @@ def a_run(tmp_path: Path, runner: str, weights: dict[str, torch.Tensor]) -> Run:
 def test_the_verdict_says_disagree_when_a_run_differs_from_its_replay(tmp_path: Path) -> None:
     replayed = parity.replay(SMALL)
     off = {k: v.clone() for k, v in replayed.items()}
-    off["out.bias"][0] = torch.nextafter(off["out.bias"][0], torch.tensor(1.0))  # one ulp
+    off["model.out.bias"][0] = torch.nextafter(
+        off["model.out.bias"][0], torch.tensor(1.0)
+    )  # one ulp
     runs = [a_run(tmp_path, "torch", replayed), a_run(tmp_path, "fabric", off)]
     checks.check_runs(runs)
     agree, lines = checks.verdict(runs)

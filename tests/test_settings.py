@@ -13,6 +13,7 @@ from jsonargparse import Namespace
 
 from datamodule import TaskDataModule
 from fourways import settings, task
+from fourways.driving import classes
 from fourways.trainer_cli import cli_options
 from lightning_module import MLPClassifier
 
@@ -53,6 +54,16 @@ def test_every_argument_of_the_task_is_a_setting() -> None:
                 assert parameter.default == getattr(settings.DEFAULTS, name), name
 
 
+def parsed_task_classes() -> Namespace:
+    """LightningCLI's parsed model and data groups for the task's classes (subclass mode)."""
+    return Namespace(**{
+        role: Namespace(class_path=path, init_args=Namespace(**dict.fromkeys(
+            inspect.signature(cls).parameters)))
+        for role, path, cls in (("data", classes.TASK_DATA, TaskDataModule),
+                                ("model", classes.TASK_MODEL, MLPClassifier))
+    })  # fmt: skip
+
+
 def test_each_setting_is_spelled_for_every_runner() -> None:
     given = settings.Settings(num_samples=320, label_noise=0.3, checkpoint_every=None)
     hand = settings.hand_written_flags(given)
@@ -63,13 +74,10 @@ def test_each_setting_is_spelled_for_every_runner() -> None:
     assert trainer[trainer.index("--data.label_noise") + 1] == "0.3"
     assert trainer[trainer.index("--trainer.max_epochs") + 1] == str(task.EPOCHS)
     # The Trainer's spelling of the options the LightningCLI records (cli_options).
-    parsed = Namespace(
-        data=Namespace(**dict.fromkeys(inspect.signature(TaskDataModule).parameters)),
-        model=Namespace(**dict.fromkeys(inspect.signature(MLPClassifier).parameters)),
-    )
+    parsed = parsed_task_classes()
     recorded = cli_options(parsed)
-    for option in settings.OPTIONS:
-        assert recorded[option.key] == option.trainer, option.key
+    for option in settings.OPTIONS:  # LightningCLI's long form, recorded; the short one, typed
+        assert recorded[option.key].replace(".init_args.", ".") == option.trainer, option.key
 
 
 def test_every_runner_trains_the_task_it_was_given(tmp_path: Path, capsys) -> None:
@@ -86,11 +94,13 @@ def test_every_runner_trains_the_task_it_was_given(tmp_path: Path, capsys) -> No
     assert result.returncode == 0, result.stderr
 
     reference = load_weights(runs["torch"])
-    assert reference["hidden.weight"].shape == (task.HIDDEN_DIM, 12)  # num_features
-    assert reference["out.weight"].shape == (3, task.HIDDEN_DIM)  # num_classes
+    assert reference["model.hidden.weight"].shape == (task.HIDDEN_DIM, 12)  # num_features
+    assert reference["model.out.weight"].shape == (3, task.HIDDEN_DIM)  # num_classes
     # The label noise changes the training: a runner that ignored it would differ from the
     # others, which train bit for bit alike on one device.
-    assert not torch.equal(reference["out.weight"], load_weights(default_noise)["out.weight"])
+    assert not torch.equal(
+        reference["model.out.weight"], load_weights(default_noise)["model.out.weight"]
+    )
     for name, run_dir in runs.items():
         weights = load_weights(run_dir)
         assert all(torch.equal(weights[k], reference[k]) for k in reference), name
@@ -101,11 +111,8 @@ def test_every_runner_trains_the_task_it_was_given(tmp_path: Path, capsys) -> No
 
 def test_the_trainer_records_every_init_argument_of_its_classes() -> None:
     # Derived from the parsed model and data groups: nothing listed by hand.
-    parsed = Namespace(
-        data=Namespace(**dict.fromkeys(inspect.signature(TaskDataModule).parameters)),
-        model=Namespace(**dict.fromkeys(inspect.signature(MLPClassifier).parameters)),
-    )
+    parsed = parsed_task_classes()
     options = cli_options(parsed)
     keys = {option.key for option in settings.OPTIONS}
     assert keys <= set(options), keys - set(options)
-    assert options["num_features"] == "data.num_features"  # the model's is linked to it
+    assert options["num_features"] == "data.init_args.num_features"  # the model's is linked

@@ -10,6 +10,7 @@ import torch
 from conftest import PYTHON, assert_equals_replay, load_metrics, load_weights, run, task_config
 
 from fourways import parity, task
+from fourways.driving import classes
 
 CONTRACT_FIELDS = {
     "runner", "versions", "world_size", "device", "precision", "seed", "global_batch_size",
@@ -22,6 +23,8 @@ CONFIG = {  # the run's configuration, as checkpoints record it: the defaults he
     "accumulate": 1, "precision": "32-true", "world_size": 1, "num_features": task.NUM_FEATURES,
     "num_classes": task.NUM_CLASSES, "label_noise": task.LABEL_NOISE,
     "val_fraction": task.VAL_FRACTION, "checkpoint_every": None,
+    "model": classes.TASK_MODEL, "model_init_args": [], "data": classes.TASK_DATA,
+    "data_init_args": [],
 }  # fmt: skip
 
 
