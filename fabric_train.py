@@ -114,7 +114,7 @@ def main() -> None:
 
     # --- The LightningModule and LightningDataModule, built as every runner builds them: seed,
     # model, data; the module checked before anything trains.
-    fabric.seed_everything(args.seed)
+    fabric.seed_everything(args.seed, verbose=False)  # metrics.json records it
     module = classes.build(model_choice, args)
     data = classes.build(data_choice, args)
     requirements.check_module(module, name)

@@ -13,7 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -101,3 +103,55 @@ class NotAModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(task.NUM_FEATURES, task.NUM_CLASSES)
+
+
+class OverridesOptimizerStep(TinyModel):
+    """Overrides a hook only the Trainer calls: the other runners would train differently."""
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+
+
+class StepsEveryThirdBatch(TinyModel):
+    """A per-step scheduler with frequency 3: with accumulation, the Trainer counts the
+    frequency in batches and steps it only where the optimizer stepped."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+        every_third = {"scheduler": decay, "interval": "step", "frequency": 3}
+        return {"optimizer": optimizer, "lr_scheduler": every_third}
+
+
+class DecaysEachEpoch(TinyModel):
+    """An epoch scheduler in the tuple form: ([optimizers], [schedulers])."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+
+class LogsPerRank(TinyModel):
+    """Logs its process's rank with and without sync_dist, step and epoch values, and a
+    torchmetrics object: what each runner records must be what the Trainer records."""
+
+    def __init__(self, bias: bool = True, lr: float = 0.05) -> None:
+        super().__init__(bias, lr)
+        self.val_mean = torchmetrics.MeanMetric()
+
+    def rank(self) -> float:
+        return float(dist.get_rank()) if dist.is_initialized() else 0.0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        output = super().training_step(batch, batch_idx)
+        self.log("step_rank", self.rank() + batch_idx)  # on_step: the last, rank 0's
+        self.log("epoch_rank", self.rank(), on_epoch=True, sync_dist=True)
+        return output
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.log("rank_own", self.rank())  # each process its own: rank 0's is recorded
+        self.log("rank_synced", self.rank(), sync_dist=True)  # the mean over processes
+        self.log("rank_summed", self.rank() + 1, reduce_fx="sum", sync_dist=True)
+        self.val_mean.update(batch[1].float())
+        self.log("label_mean", self.val_mean)  # computed over every process's samples
