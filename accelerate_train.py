@@ -5,8 +5,10 @@
     accelerate launch --config_file configs/accelerate/config_multi_gpu.json accelerate_train.py
     accelerate launch --multi_gpu --num_processes 2 accelerate_train.py --cpu   # 2 CPU processes
 
-It trains the LightningModule as the plain `nn.Module` it is (forward, optimizer, metrics) on the
-LightningDataModule's loaders.
+It trains a LightningModule (the task's by default; `--model PATH --model.NAME VALUE` for yours)
+on a LightningDataModule's loaders: its hooks called by hand at the Trainer's points, its step
+methods through the prepared model, its `self.log` values read as the Trainer reads them
+(fourways.driving).
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedType, broadcast_object_list, load, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
-from datamodule import TaskDataModule
 from fourways.contract import (
     arguments,
     checkpoint_io,
@@ -38,9 +40,11 @@ from fourways.contract import (
     resume,
     run_dirs,
 )
-from fourways.settings import init_arguments
+from fourways.driving import bookkeeping, classes, requirements, trace
+from fourways.driving.dispatch import StepsThroughForward
+from fourways.driving.logs import EpochLogs
 from fourways.workarounds import torch_runtime
-from lightning_module import MLPClassifier
+from fourways.workarounds.module_logging import capture_logs
 
 PROGRESS = "progress.json"
 # What save_state writes (safetensors, or torch.save files that load_state reads with
@@ -60,7 +64,7 @@ def parse_args() -> argparse.Namespace:
         help="default: what `accelerate launch` or its config file says, else no",
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo)")
-    return parser.parse_args()
+    return classes.parse(parser)
 
 
 def main() -> None:
@@ -69,6 +73,8 @@ def main() -> None:
     # are the checkpoint's), every refusal before training.
     run_dir, checkpoint, config = settle_run(args)
     recorded = None if checkpoint is None else checkpoint["config"]
+    model_choice, data_choice = classes.chosen(config, args)
+    name = classes.name(model_choice)
     # --- Precision and accumulation: Accelerate's own arguments (the minimal loop's `cpu`).
     accelerator = Accelerator(
         cpu=args.cpu,
@@ -76,6 +82,10 @@ def main() -> None:
         gradient_accumulation_steps=args.accumulate,
         # No duplicated samples to even out the last batches: the metrics see each sample once.
         dataloader_config=DataLoaderConfiguration(even_batches=False),
+        # A prepared scheduler would step once per process at each optimizer step (Accelerate's
+        # rule for a batch that grows with the processes); here the global batch is fixed, so
+        # it steps once, when the Trainer would (requirements.Optimization).
+        step_scheduler_with_optimizer=False,
     )
     # --- Strategies and processes: refused where Accelerate would silently train otherwise;
     # on resume the process count is the run's too.
@@ -91,17 +101,26 @@ def main() -> None:
         raise errors.UsageError("mixed precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     run_dir = Path(broadcast_object_list([run_dir])[0])  # rank 0 picks the version
 
-    # --- The minimal loop's setup (minimal/accelerate_train.py), through the Trainer runner's
-    # LightningDataModule and LightningModule, with the task's every argument as given or recorded.
-    data = TaskDataModule(**init_arguments(TaskDataModule, args))
-    data.setup("fit")
-    micro_batch = data.set_micro_batch_size(accelerator.num_processes, args.accumulate)
+    # --- The LightningModule and LightningDataModule, built as every runner builds them: seed,
+    # model, data; the module checked before anything trains.
     set_seed(args.seed)
-    module = MLPClassifier(**init_arguments(MLPClassifier, args))
-    optimizer = module.configure_optimizers()
+    module = classes.build(model_choice, args)
+    data = classes.build(data_choice, args)
+    requirements.check_module(module, name)
+    with accelerator.main_process_first():  # downloads once, the others then read them
+        data.prepare_data()
+    data.setup("fit")
+    classes.split_global_batch(data, accelerator.num_processes, args.accumulate)
+    optimization = requirements.configure(module, name)
+    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+    micro_batch = train_loader.batch_size  # per process: the global batch split, for the task
+    # The step methods run inside the prepared model's forward, so that DDP syncs gradients.
     model, optimizer, train_loader, val_loader = accelerator.prepare(
-        module, optimizer, data.train_dataloader(), data.val_dataloader()
+        StepsThroughForward(module), optimization.optimizer, train_loader, val_loader
     )
+    if optimization.scheduler is not None:  # prepared: save_state and load_state include it
+        optimization.scheduler = accelerator.prepare(optimization.scheduler)
+    logs, book = capture_logs(module), bookkeeping.RunBook()
 
     # --- Checkpoint and resume: where training stands, as JSON beside save_state's files.
     state = {"epoch": 0, "batch": 0, "steps": 0, "config": config}
@@ -112,11 +131,21 @@ def main() -> None:
         # reads its own files with weights_only=True (and we register no pickled objects).
         accelerator.load_state(newest)
         state |= {key: checkpoint[key] for key in ("epoch", "batch", "steps")}
-        module.load_progress_state(checkpoint, accelerator.process_index)
+        book.load_state(checkpoint["progress"], accelerator.process_index)
         accelerator.print(resume.resume_line(newest, state))
 
-    # --- The loop: minimal/accelerate_train.py's, plus accumulation and checkpoints.
+    def save() -> None:
+        save_checkpoint(accelerator, checkpoints, {**state, "progress": book.state()})
+
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(accelerator.process_index)
+    if tracer and checkpoint is None:
+        tracer.record(0, module, optimizer)
+
+    # --- The loop: minimal/accelerate_train.py's, plus hooks, accumulation and checkpoints.
     start = time.perf_counter()
+    module.on_fit_start()
+    module.on_train_start()
     for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
         train_loader.set_epoch(epoch)
@@ -125,27 +154,44 @@ def main() -> None:
             batches = accelerator.skip_first_batches(train_loader, state["batch"])
             batches.set_epoch(epoch)
         model.train()
-        for x, y in console.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}"):
+        logs.at("on_train_epoch_start")
+        module.on_train_epoch_start()
+        batches = console.progress(batches, accelerator.is_main_process, f"epoch {epoch + 1}")
+        for i, batch in enumerate(batches, start=state["batch"]):
             # Inside accumulate(), backward divides the loss by the steps and skips the gradient
-            # all-reduce, and the prepared optimizer steps, until the last micro-batch.
+            # all-reduce, and the prepared optimizer steps, until the last micro-batch (or the
+            # epoch's last).
             with accelerator.accumulate(model):
-                loss = F.cross_entropy(model(x), y)
+                logs.at("training_step", batch)
+                output = model("training_step", batch, i)
+                loss = bookkeeping.step_loss(output, name)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            module.record_train_loss(loss, y.numel())
-            state["batch"] += 1
+            book.record_loss(loss, batch)
+            state["batch"] = i + 1
             if accelerator.sync_gradients:
+                optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoints, state, module)
+                    save()
                 faults.inject_fault("step", state["steps"])
-        validate(model, module, val_loader)
-        metrics = {**module.epoch_metrics(), "epoch_s": time.perf_counter() - epoch_start}
-        module.history.append(metrics)
+            logs.at("on_train_batch_end", batch)
+            module.on_train_batch_end(output, batch, i)
+        optimization.step_scheduler("epoch", epoch)
+        validate(model, module, val_loader, logs)
+        metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
         accelerator.print(console.epoch_line(epoch + 1, metrics))
+        logs.at("on_train_epoch_end")
+        module.on_train_epoch_end()
         state.update(epoch=epoch + 1, batch=0)
-        save_checkpoint(accelerator, checkpoints, state, module)
+        save()
+    module.on_train_end()
+    module.on_fit_end()
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner. The full
     # weights, gathered under DeepSpeed ZeRO-3 or FSDP: every rank takes part.
@@ -157,17 +203,18 @@ def main() -> None:
             device=accelerator.device.type,
             precision=precision,
             seed=args.seed,
-            global_batch_size=args.batch_size,
+            global_batch_size=micro_batch * accelerator.num_processes * args.accumulate,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
             config=config,
-            epochs=module.history,
-            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer.optimizer),
+            epochs=book.history,
+            state_bytes_per_process=records.state_bytes(module.parameters(), optimizer.optimizer),
         )
-        mlp_state = {k.removeprefix("model."): v for k, v in model_state.items()}
-        records.save_run(run_dir, record, mlp_state)
+        # The LightningModule's own keys: without StepsThroughForward's `module.`
+        module_state = {k.removeprefix("module."): v for k, v in model_state.items()}
+        records.save_run(run_dir, record, module_state)
     accelerator.wait_for_everyone()  # every rank waits for rank 0's files
     # --- Teardown: Accelerate's own, but a gloo group is left to the interpreter's exit (its
     # destroy_process_group can deadlock there: see torch_runtime).
@@ -196,6 +243,7 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
             given and precisions[given],
             "32-true",
         ),
+        *classes.given(args),
     )
     on_cuda = torch.cuda.is_available() and not args.cpu
     if launched_with("deepspeed"):  # set by `accelerate launch` from its config
@@ -203,24 +251,21 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
     return run_dir, checkpoint, config
 
 
-def save_checkpoint(
-    accelerator: Accelerator, checkpoints: Path, state: dict[str, Any], module: MLPClassifier
-) -> None:
+def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict[str, Any]) -> None:
     """save_state into a hidden folder, renamed when every rank has written: complete or absent.
 
     The position, the run's configuration and the running sums go beside save_state's files as
     JSON (plain values by construction), not as a pickled object registered with Accelerate:
     `load_state` reads those with weights_only=False.
     """
-    progress = {**state, **module.progress_state()}  # a collective: every rank takes part
-    final = checkpoints / f"step_{state['steps']:06d}"
+    final = checkpoints / f"step_{progress['steps']:06d}"
     partial = checkpoints / f".partial_{final.name}"
     accelerator.save_state(partial)
     if accelerator.is_main_process:
         (partial / PROGRESS).write_text(json.dumps(progress, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        faults.inject_fault("write-checkpoint", state["steps"])  # a kill before the rename
+        faults.inject_fault("write-checkpoint", progress["steps"])  # a kill before the rename
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in sorted(checkpoints.glob("step_*"))[:-1]:  # the newest is whole: drop the rest
@@ -255,13 +300,20 @@ def checkpoint_progress(folder: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def validate(
-    model: torch.nn.Module, module: MLPClassifier, loader: torch.utils.data.DataLoader
-) -> None:
+def validate(model: Any, module: L.LightningModule, loader: DataLoader, logs: EpochLogs) -> None:
+    """The validation loop, with the Trainer's hooks around it; the module logs its metrics.
+    The step runs through the prepared model, under its precision's autocast."""
     model.eval()
+    module.on_validation_start()
     module.on_validation_epoch_start()
     for i, batch in enumerate(loader):
-        module.validation_step(batch, i)  # no backward, so no need to pass through DDP
+        logs.at("validation_step", batch)
+        module.on_validation_batch_start(batch, i)
+        output = model("validation_step", batch, i)
+        module.on_validation_batch_end(output, batch, i)
+    logs.at("on_validation_epoch_end")
+    module.on_validation_epoch_end()
+    module.on_validation_end()
 
 
 def launched_with(strategy: str) -> bool:

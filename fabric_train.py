@@ -17,19 +17,21 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.loggers import CSVLogger
 from lightning.fabric.strategies import STRATEGY_REGISTRY, ModelParallelStrategy, Strategy
+from torch.utils.data import DataLoader
 
-from datamodule import TaskDataModule
 from fourways import settings, sharded
 from fourways.contract import arguments, console, errors, faults, records, resume, run_dirs
-from fourways.settings import init_arguments
+from fourways.driving import bookkeeping, classes, requirements, trace
+from fourways.driving.logs import EpochLogs
 from fourways.trainer_checkpoints import AtomicCheckpointIO
 from fourways.workarounds import torch_runtime
-from lightning_module import MLPClassifier
+from fourways.workarounds.module_logging import capture_logs
 
 # fsdp2 is this runner's name for Lightning's ModelParallelStrategy with data parallelism only
 # (it has no registry name: it takes a parallelize_fn); Lightning's `fsdp` is FSDP1.
@@ -52,7 +54,7 @@ def parse_args() -> argparse.Namespace:
         "(Lightning's registry, and fsdp2)",
     )
     parser.add_argument("--precision", choices=arguments.PRECISIONS, default=None, help="32-true")
-    return parser.parse_args()
+    return classes.parse(parser)
 
 
 def fabric_strategy(args: argparse.Namespace) -> str | Strategy:
@@ -78,6 +80,8 @@ def main() -> None:
     # are the checkpoint's), every refusal before Fabric starts a process.
     checked, config = settle_run(args)  # checked: (the checkpoint's path, its contents)
     recorded = None if checked is None else checked[1].get("config", {})
+    model_choice, data_choice = classes.chosen(config, args)
+    name = classes.name(model_choice)
     # --- Strategies, precision, checkpoint I/O, run directory: Fabric's own arguments.
     fabric = L.Fabric(
         accelerator=args.accelerator,
@@ -101,11 +105,6 @@ def main() -> None:
     config |= resume.settle_config(
         [resume.Given("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
-    # --- The minimal loop's data (minimal/fabric_train.py), through the Trainer runner's
-    # LightningDataModule, with the task's every argument as given or recorded.
-    data = TaskDataModule(**init_arguments(TaskDataModule, args))
-    data.setup("fit")
-    micro_batch = data.set_micro_batch_size(fabric.world_size, args.accumulate)
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
         fabric.launch()  # starts the other processes when --devices > 1
     # --- Run directory: the logger's, as rank 0 picks it (runs/fabric/version_N or --run-dir).
@@ -113,67 +112,114 @@ def main() -> None:
     run_dirs.check_run_dir(run_dir, args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
 
-    # --- The minimal loop's model, optimizer and loaders, each set up by Fabric.
+    # --- The LightningModule and LightningDataModule, built as every runner builds them: seed,
+    # model, data; the module checked before anything trains.
     fabric.seed_everything(args.seed)
-    model = MLPClassifier(**init_arguments(MLPClassifier, args))
+    module = classes.build(model_choice, args)
+    data = classes.build(data_choice, args)
+    requirements.check_module(module, name)
+    if fabric.local_rank == 0:
+        data.prepare_data()
+    fabric.barrier()
+    data.setup("fit")
+    classes.split_global_batch(data, fabric.world_size, args.accumulate)
+    # --- The minimal loop's model, optimizer and loaders, each set up by Fabric: it redirects
+    # the step methods through the strategy's wrapper (gradients sync under DDP) and registers
+    # the module, so that fabric.call reaches its hooks.
     if args.strategy == arguments.FSDP2:  # the optimizer over the sharded parameters, made after
-        model = fabric.setup_module(model)
-        optimizer = fabric.setup_optimizers(model.configure_optimizers())
+        model = fabric.setup_module(module)
+        optimization = requirements.configure(module, name)
+        optimizer = fabric.setup_optimizers(optimization.optimizer)
     else:
-        model, optimizer = fabric.setup(model, model.configure_optimizers())
-    # Under DDP, Fabric swaps the shuffling sampler for a DistributedSampler seeded with args.seed.
-    train_loader, val_loader = fabric.setup_dataloaders(
-        data.train_dataloader(), data.val_dataloader()
-    )
+        optimization = requirements.configure(module, name)
+        model, optimizer = fabric.setup(module, optimization.optimizer)
+    # Under DDP, Fabric swaps a shuffling sampler for a DistributedSampler seeded with args.seed.
+    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+    micro_batch = train_loader.batch_size  # per process: the global batch split, for the task
+    train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
+    logs, book = capture_logs(module), bookkeeping.RunBook()
 
     # --- Checkpoint and resume: where training stands, restored exactly, mid-epoch included.
     state = {"model": model, "optimizer": optimizer, "epoch": 0, "batch": 0, "steps": 0}
+    if optimization.scheduler is not None:
+        state["scheduler"] = optimization.scheduler
     state["config"] = config  # recorded in every checkpoint: a resume continues this run
     if args.resume:
         # Fabric places the state (under DDP and sharded strategies too); its checkpoint I/O
         # hands it the checkpoint read and checked above (AtomicCheckpointIO).
-        progress = fabric.load(checkpoint_path, state, weights_only=True)
+        remainder = fabric.load(checkpoint_path, state, weights_only=True)
         state["config"] = config
-        model.load_progress_state(progress, fabric.global_rank)
-        for metrics in model.history:  # Fabric's CSV logger starts its file anew: replay it
+        book.load_state(remainder["progress"], fabric.global_rank)
+        for metrics in book.history:  # Fabric's CSV logger starts its file anew: replay it
             fabric.log_dict(metrics)
         fabric.print(resume.resume_line(checkpoint_path, state))
     # Fabric's loader sets the sampler's epoch to the number of times it was iterated.
     torch_runtime.start_fabric_loader_at_epoch(train_loader, state["epoch"])
 
-    # --- The loop: minimal/fabric_train.py's, plus accumulation, precision and checkpoints.
+    def save() -> None:
+        save_checkpoint(fabric, checkpoint_path, {**state, "progress": book.state()})
+
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(fabric.global_rank)
+    if tracer and not args.resume:
+        tracer.record(0, module, optimizer)
+
+    # --- The loop: minimal/fabric_train.py's, plus hooks, accumulation, precision, checkpoints.
     start = time.perf_counter()
+    fabric.call("on_fit_start")
+    fabric.call("on_train_start")
     for epoch in range(state["epoch"], args.epochs):
-        fabric.call("on_train_epoch_start")
+        epoch_start = time.perf_counter()
         model.train()
+        logs.at("on_train_epoch_start")
+        fabric.call("on_train_epoch_start")
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
         batches = console.progress(batches, fabric.is_global_zero, f"epoch {epoch + 1}")
         for i, batch in enumerate(batches, start=state["batch"]):
-            last_micro_batch = (i + 1) % args.accumulate == 0
+            # The optimizer steps after every `accumulate` micro-batches, and after the epoch's
+            # last one (as the Trainer does when they do not divide the epoch).
+            last_micro_batch = (i + 1) % args.accumulate == 0 or i + 1 == len(train_loader)
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             with fabric.no_backward_sync(model, enabled=not last_micro_batch):
+                logs.at("training_step", batch)
                 # On one device Fabric calls training_step outside its precision context (only
                 # a strategy's wrapper routes it through forward): autocast here, for bf16/fp16.
                 with fabric.autocast():
-                    loss = model.training_step(batch, i)
+                    output = model.training_step(batch, i)
+                loss = bookkeeping.step_loss(output, name)
                 # At 1 the division is exact and skipped: autograd pays ~5 % of a step for it.
                 fabric.backward(loss / args.accumulate if args.accumulate > 1 else loss)
+            book.record_loss(loss, batch)
             if last_micro_batch:
                 optimizer.step()
                 optimizer.zero_grad()
+                optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
                     state.update(epoch=epoch, batch=i + 1)
-                    save(fabric, checkpoint_path, {**state, **model.progress_state()})
+                    save()
                 faults.inject_fault("step", state["steps"])
-        validate(fabric, model, val_loader)
-        fabric.call("on_train_epoch_end")  # the module computes, prints and logs the metrics
+            logs.at("on_train_batch_end", batch)
+            fabric.call("on_train_batch_end", output, batch, i)
+        optimization.step_scheduler("epoch", epoch)
+        validate(fabric, model, val_loader, logs)
+        metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
+        fabric.print(console.epoch_line(epoch + 1, metrics))
+        fabric.log_dict(metrics)
+        logs.at("on_train_epoch_end")
+        fabric.call("on_train_epoch_end")
         state.update(epoch=epoch + 1, batch=0)
-        save(fabric, checkpoint_path, {**state, **model.progress_state()})
+        save()
+    fabric.call("on_train_end")
+    fabric.call("on_fit_end")
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner.
     fabric.logger.finalize("success")  # the CSV logger keeps its last rows until then
-    model_state = sharded.full_state_dict(model.model)  # a gather under FSDP2: every rank
+    model_state = sharded.full_state_dict(module)  # a gather under FSDP2: every rank
     if fabric.is_global_zero:
         record = records.RunRecord(
             runner="fabric",
@@ -181,14 +227,14 @@ def main() -> None:
             device=fabric.device.type,
             precision=fabric.strategy.precision.precision,
             seed=args.seed,
-            global_batch_size=args.batch_size,
+            global_batch_size=micro_batch * fabric.world_size * args.accumulate,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
             config=config,
-            epochs=model.history,
-            state_bytes_per_process=records.state_bytes(model.parameters(), optimizer),
+            epochs=book.history,
+            state_bytes_per_process=records.state_bytes(module.parameters(), optimizer),
         )
         records.save_run(run_dir, record, model_state)
     fabric.barrier()  # every rank waits for rank 0's files
@@ -214,12 +260,18 @@ def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict
         checkpoint,
         resume.Given("precision", "--precision", precision, "32-true"),
         resume.Given("strategy", "--strategy", strategy, "auto"),
+        *classes.given(args),
     )
     args.strategy = strategy = config["strategy"]
     if strategy == arguments.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2
         raise errors.UsageError(
             "fsdp2 is this script's strategy, not fabric run's: python fabric_train.py "
             "--devices N --strategy fsdp2"
+        )
+    if strategy == arguments.FSDP2 and config["model"] != classes.TASK_MODEL:
+        raise errors.UsageError(
+            "--strategy fsdp2 shards the task's MLP; shard your model in its configure_model "
+            "and train it with the Trainer (configs/lightning/fsdp2.yaml)"
         )
     if strategy not in STRATEGIES:  # `fabric run --strategy` is free text
         raise errors.UsageError(
@@ -232,7 +284,7 @@ def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict
     return checked, config
 
 
-def save(fabric: L.Fabric, path: Path, state: dict) -> None:
+def save_checkpoint(fabric: L.Fabric, path: Path, state: dict) -> None:
     """fabric.save, complete or absent: one file through AtomicCheckpointIO, or under fsdp2 a
     folder (torch.distributed.checkpoint, one file per rank) written beside, then swapped in."""
     if not isinstance(fabric.strategy, ModelParallelStrategy):
@@ -249,12 +301,20 @@ def save(fabric: L.Fabric, path: Path, state: dict) -> None:
 
 
 @torch.no_grad()
-def validate(fabric: L.Fabric, model: MLPClassifier, loader: torch.utils.data.DataLoader) -> None:
+def validate(fabric: L.Fabric, model: Any, loader: DataLoader, logs: EpochLogs) -> None:
+    """The validation loop, with the Trainer's hooks around it; the module logs its metrics."""
     model.eval()
+    fabric.call("on_validation_start")
     fabric.call("on_validation_epoch_start")
     for i, batch in enumerate(loader):
+        logs.at("validation_step", batch)
+        fabric.call("on_validation_batch_start", batch, i)
         with fabric.autocast():  # as in training
-            model.validation_step(batch, i)
+            output = model.validation_step(batch, i)
+        fabric.call("on_validation_batch_end", output, batch, i)
+    logs.at("on_validation_epoch_end")
+    fabric.call("on_validation_epoch_end")
+    fabric.call("on_validation_end")
     sharded.reshard(model)  # FSDP2: back to shards, as a checkpoint expects
 
 

@@ -3,23 +3,27 @@
     python simple_train.py                                   # one device
     torchrun --nproc_per_node 2 simple_train.py              # DDP: 2 x 16 = the same batch of 32
     torchrun --nproc_per_node 2 simple_train.py --strategy fsdp2   # FSDP2 (fully_shard), CPU too
+    python simple_train.py --model examples.warmup_mlp.WarmupMLP --model.depth 6   # your model
 
-Needs torch alone (tqdm, if installed, draws the progress bar).
+It trains a LightningModule (the task's by default) with torch alone: its hooks called by hand
+at the Trainer's points, its `self.log` values read as the Trainer reads them (fourways.driving).
+The loop without any of that, for learners: minimal/simple_train.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import os
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from lightning.fabric.utilities import move_data_to_device
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -27,11 +31,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from fourways import task
+from fourways import sharded
 from fourways.contract import (
     arguments,
     checkpoint_io,
@@ -42,139 +45,164 @@ from fourways.contract import (
     resume,
     run_dirs,
 )
-from fourways.settings import init_arguments
+from fourways.driving import bookkeeping, classes, requirements, trace
+from fourways.driving.dispatch import StepsThroughForward
+from fourways.driving.logs import EpochLogs
 from fourways.workarounds import torch_runtime
+from fourways.workarounds.module_logging import capture_logs
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # unsharded, on the CPU
 
 
 def parse_args() -> argparse.Namespace:
     parser = arguments.task_parser(
-        "Train the task with plain PyTorch (torchrun for several processes)."
+        "Train a LightningModule with plain PyTorch (torchrun for several processes)."
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=arguments.PRECISIONS, help="default: 32-true")
     parser.add_argument(
         "--strategy",
         choices=("ddp", arguments.FSDP2),
-        help="default: ddp; under torchrun; fsdp2: torch's fully_shard (FSDP2), CPUs or GPUs",
+        help="default: ddp; under torchrun; fsdp2: torch's fully_shard (FSDP2), the task's model",
     )
-    return parser.parse_args()
+    return classes.parse(parser)
 
 
 def main() -> None:
     args = parse_args()
     # torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; a plain `python` start is one process.
     ddp = "RANK" in os.environ
-    rank, world_size = (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     master = rank == 0
 
     # --- Run directory, resume, refusals: settled before any process group or training starts,
     # so that a bad option is one line on stderr, and a resume continues the run it names.
     run_dir, checkpoint, config = settle_run(args, device, ddp, world_size)
+    model_choice, data_choice = classes.chosen(config, args)
+    name = classes.name(model_choice)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
 
-    # --- The minimal loop's setup (minimal/simple_train.py), with the task's every argument as
-    # given or recorded (settings.Settings) and the batch split checked.
-    dataset = task.make_dataset(**init_arguments(task.make_dataset, args))
-    train_set, val_set = task.split_dataset(dataset, **init_arguments(task.split_dataset, args))
-    micro_batch = arguments.micro_batch_size(
-        args.batch_size, world_size, args.accumulate, len(train_set), len(val_set)
-    )
+    # --- The LightningModule and LightningDataModule, built as every runner builds them: seed,
+    # model, data. The module is checked before anything trains.
+    L.seed_everything(args.seed, verbose=False)
+    module = classes.build(model_choice, args)
+    data = classes.build(data_choice, args)
+    requirements.check_module(module, name)
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(args.seed)
-    model = task.MLP(**init_arguments(task.MLP, args)).to(device)
-    raw_model = model
+    prepare_data(data, args.accumulate, world_size, master)
+    module.configure_model()
+    module.to(device)
+    optimization = requirements.configure(module, name)
+    optimizer = optimization.optimizer
     # --- Strategies: FSDP2 shards parameters, gradients and optimizer state; DDP replicates.
+    # Either way the step methods run inside the wrapper's forward, so that gradients sync.
+    model = StepsThroughForward(module)
     if args.strategy == arguments.FSDP2:
-        fully_shard(model, mesh=init_device_mesh(device.type, (world_size,)))
+        sharded.shard_model(module, init_device_mesh(device.type, (world_size,), mesh_dim_names=(
+            "data_parallel",)))  # fmt: skip
     elif ddp:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None
         )
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # --- Precision: bf16 needs no loss scaling; fp16 does. A disabled scaler is a no-op, so one
     # path serves all. In 32-true no autocast at all: even disabled, entering it costs ~3 % of
-    # this MLP's step.
+    # the task's step.
     dtype = AUTOCAST_DTYPES.get(args.precision)
     autocast = torch.autocast(device.type, dtype) if dtype else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
-
-    # Each rank takes every world_size-th sample of a permutation seeded with seed + epoch.
-    train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=args.seed)
-    val_sampler = DistributedSampler(val_set, world_size, rank, shuffle=False)
-    loader = functools.partial(DataLoader, batch_size=micro_batch)
-    train_loader, val_loader = (
-        loader(train_set, sampler=train_sampler),
-        loader(val_set, sampler=val_sampler),
-    )
+    train_loader = loader_for(data.train_dataloader(), rank, world_size, args.seed)
+    micro_batch = train_loader.batch_size
+    val_loader = loader_for(data.val_dataloader(), rank, world_size, args.seed)
+    logs, book = capture_logs(module), bookkeeping.RunBook()
 
     # --- Checkpoint and resume: where training stands, restored exactly, mid-epoch included.
-    state = {"epoch": 0, "batch": 0, "steps": 0, "history": [], "loss_sum": 0.0, "count": 0}
-    state["config"] = config  # recorded in every checkpoint: a resume continues this run
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "steps": 0, "config": config}
     if checkpoint is not None:
         # Every rank read the full state: each takes its own shard of it (all of it under DDP).
-        set_state_dict(raw_model, optimizer, model_state_dict=checkpoint.pop("model"),
+        set_state_dict(module, optimizer, model_state_dict=checkpoint.pop("model"),
                        optim_state_dict=checkpoint.pop("optimizer"),
                        options=StateDictOptions(full_state_dict=True))  # fmt: skip
         scaler.load_state_dict(checkpoint.pop("scaler"))
+        if optimization.scheduler is not None:
+            optimization.scheduler.load_state_dict(checkpoint.pop("scheduler"))
+        book.load_state(checkpoint.pop("progress"), rank)
         state = {**checkpoint, "config": config}
         if master:
             print(resume.resume_line(checkpoint_path, state), flush=True)
 
-    # --- The loop: minimal/simple_train.py's, plus accumulation, precision and checkpoints.
+    def save() -> None:
+        progress = book.state()  # a collective: every rank takes part
+        save_checkpoint(checkpoint_path, {**state, "progress": progress}, module, optimization,
+                        scaler, master)  # fmt: skip
+
+    # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+    tracer = trace.recorder(rank)
+    if tracer and checkpoint is None:
+        tracer.record(0, module, optimizer)
+
+    # --- The loop: minimal/simple_train.py's, plus hooks, accumulation, precision, checkpoints.
     start = time.perf_counter()
+    module.on_fit_start()
+    module.on_train_start()
     for epoch in range(state["epoch"], args.epochs):
         epoch_start = time.perf_counter()
-        train_sampler.set_epoch(epoch)
-        model.train()
-        # The loss sums of a resumed epoch are all-ranks totals, so rank 0 alone carries them.
-        train_loss_sum = torch.tensor(state["loss_sum"] if master else 0.0, device=device)
-        train_count = state["count"] if master else 0
-        step_losses: list[tuple[torch.Tensor, int]] = []  # summed when needed (fold_losses)
+        set_epoch(train_loader, epoch)
+        module.train()
+        logs.at("on_train_epoch_start")
+        module.on_train_epoch_start()
         batches = itertools.islice(train_loader, state["batch"], None)  # skip what was trained
-        for i, (x, y) in enumerate(
+        for i, batch in enumerate(
             console.progress(batches, master, f"epoch {epoch + 1}"), state["batch"]
         ):
-            x, y = x.to(device), y.to(device)
-            last_micro_batch = (i + 1) % args.accumulate == 0
+            if device.type != "cpu":  # the loaders yield CPU tensors
+                batch = move_data_to_device(batch, device)
+            # The optimizer steps after every `accumulate` micro-batches, and after the epoch's
+            # last one (as the Trainer does when they do not divide the epoch).
+            last_micro_batch = (i + 1) % args.accumulate == 0 or i + 1 == len(train_loader)
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             no_sync = isinstance(model, DistributedDataParallel) and not last_micro_batch
             with model.no_sync() if no_sync else nullcontext():
+                logs.at("training_step", batch)
                 with autocast:
-                    loss = F.cross_entropy(model(x), y)
+                    output = model("training_step", batch, i)
+                loss = bookkeeping.step_loss(output, name)
                 # At 1 the division is exact and skipped: autograd pays ~5 % of a step for it.
                 scaler.scale(loss / args.accumulate if args.accumulate > 1 else loss).backward()
-            step_losses.append((loss.detach(), y.numel()))  # no tensor op on the step path
+            book.record_loss(loss, batch)
             if last_micro_batch:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
+                optimization.step_scheduler("step", i)
                 state["steps"] += 1
+                if tracer:
+                    tracer.record(state["steps"], module, optimizer)
                 if args.checkpoint_every and state["steps"] % args.checkpoint_every == 0:
-                    sums = fold_losses(train_loss_sum, train_count, step_losses)
-                    train_loss_sum, train_count = sums
-                    loss_sum, count = all_ranks_sum(*sums, ddp)
-                    state.update(epoch=epoch, batch=i + 1, loss_sum=loss_sum, count=count)
-                    save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
+                    state.update(epoch=epoch, batch=i + 1)
+                    save()
                 faults.inject_fault("step", state["steps"])
-        train_loss_sum, train_count = fold_losses(train_loss_sum, train_count, step_losses)
-        metrics = evaluate(model, val_loader, autocast, train_loss_sum, train_count, ddp)
-        state["history"].append({**metrics, "epoch_s": time.perf_counter() - epoch_start})
+            logs.at("on_train_batch_end", batch)
+            module.on_train_batch_end(output, batch, i)
+        optimization.step_scheduler("epoch", epoch)
+        validate(module, val_loader, logs, autocast, device)
+        metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
         if master:
             print(console.epoch_line(epoch + 1, metrics), flush=True)
-        state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, count=0)
-        save_checkpoint(checkpoint_path, state, raw_model, optimizer, scaler, master)
+        logs.at("on_train_epoch_end")
+        module.on_train_epoch_end()
+        state.update(epoch=epoch + 1, batch=0)
+        save()
+    module.on_train_end()
+    module.on_fit_end()
+    if tracer:
+        tracer.save()
 
     # --- Run directory: model.pt and metrics.json, the same record for every runner. A full
     # (unsharded) copy of the weights: a gather under FSDP, so every rank takes part.
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(raw_model, options=options)
+    model_state = get_model_state_dict(module, options=FULL)
     if master:
         record = records.RunRecord(
             runner="torch",
@@ -182,14 +210,14 @@ def main() -> None:
             device=device.type,
             precision=args.precision,
             seed=args.seed,
-            global_batch_size=args.batch_size,
+            global_batch_size=micro_batch * world_size * args.accumulate,
             per_device_batch_size=micro_batch,
             accumulate_grad_batches=args.accumulate,
             optimizer_steps=state["steps"],
             wall_clock_s=time.perf_counter() - start,
             config=config,
-            epochs=state["history"],
-            state_bytes_per_process=records.state_bytes(raw_model.parameters(), optimizer),
+            epochs=book.history,
+            state_bytes_per_process=records.state_bytes(module.parameters(), optimizer),
         )
         records.save_run(run_dir, record, model_state)
     if ddp:
@@ -215,6 +243,7 @@ def settle_run(
         resume.Given("precision", "--precision", args.precision, "32-true"),
         resume.Given("strategy", "--strategy", args.strategy, "ddp"),
         resume.Given("world_size", "processes", world_size, world_size),
+        *classes.given(args),
     )
     args.strategy = config["strategy"]
     args.precision = config["precision"]
@@ -224,45 +253,67 @@ def settle_run(
         raise errors.UsageError(
             "--strategy fsdp2 shards over processes: start it with torchrun --nproc_per_node N"
         )
+    if args.strategy == arguments.FSDP2 and config["model"] != classes.TASK_MODEL:
+        raise errors.UsageError(
+            "--strategy fsdp2 shards the task's MLP; shard your model in its configure_model "
+            "and train it with the Trainer (configs/lightning/fsdp2.yaml)"
+        )
     return run_dir, checkpoint, config
 
 
-def fold_losses(
-    loss_sum: torch.Tensor, count: int, step_losses: list[tuple[torch.Tensor, int]]
-) -> tuple[torch.Tensor, int]:
-    """Adds the listed micro-batch mean losses, each weighted by its samples, to the sums; empties
-    the list. A tensor op per step instead cost ~4 % of this MLP's step (measured)."""
-    if step_losses:
-        losses, counts = zip(*step_losses, strict=True)
-        weights = torch.tensor(counts, dtype=loss_sum.dtype, device=loss_sum.device)
-        loss_sum = loss_sum + torch.stack(losses).to(loss_sum.dtype) @ weights
-        count += sum(counts)
-        step_losses.clear()
-    return loss_sum, count
+def prepare_data(
+    data: L.LightningDataModule, accumulate: int, world_size: int, master: bool
+) -> None:
+    """The DataModule's prepare_data (once: the processes share this disk) and setup, and the
+    global batch split for a DataModule that takes one (the task's)."""
+    if master:
+        data.prepare_data()
+    if dist.is_initialized():
+        dist.barrier()
+    data.setup("fit")
+    classes.split_global_batch(data, world_size, accumulate)
 
 
-def all_ranks_sum(loss_sum: torch.Tensor, count: int, ddp: bool) -> tuple[float, int]:
-    totals = torch.stack([loss_sum.float(), torch.tensor(float(count), device=loss_sum.device)])
-    if ddp:
-        dist.all_reduce(totals)
-    return totals[0].item(), int(totals[1].item())
+def loader_for(loader: DataLoader, rank: int, world_size: int, seed: int) -> DataLoader:
+    """The DataModule's loader; under DDP rebuilt with a DistributedSampler, as the Trainer and
+    Fabric rebuild it: shuffled (seeded with the run's seed) if the loader shuffled."""
+    if world_size == 1:
+        return loader
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(loader.dataset, world_size, rank, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """The sampler's epoch, where it has one (a DistributedSampler, the task's shuffler)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
 
 
 def save_checkpoint(
     path: Path,
     state: dict,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    module: torch.nn.Module,
+    optimization: requirements.Optimization,
     scaler: torch.amp.GradScaler,
     master: bool,
 ) -> None:
-    """Model, optimizer, scaler and position: tensors and plain values, written atomically."""
+    """Model, optimizer, scheduler, scaler and position: tensors and plain values, atomically."""
     # A full (unsharded) copy: a no-op for a plain or DDP model, a gather under FSDP.
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    model_state, optimizer_state = get_state_dict(module, optimization.optimizer, options=FULL)
     if master:
         full = {**state, "model": model_state, "optimizer": optimizer_state,
                 "scaler": scaler.state_dict()}  # fmt: skip
+        if optimization.scheduler is not None:
+            full["scheduler"] = optimization.scheduler.state_dict()
         checkpoint_io.save_checkpoint(path, full)
 
 
@@ -277,44 +328,30 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
+def validate(
+    module: L.LightningModule,
     loader: DataLoader,
-    autocast: AbstractContextManager,
-    train_loss_sum: torch.Tensor,
-    train_count: int,
-    ddp: bool,
-) -> dict[str, float]:
-    """The epoch's metrics over every sample of every rank: sums all-reduced, then divided."""
-    model.eval()
-    val_loss_sum, correct, val_count = torch.zeros_like(train_loss_sum), 0, 0
-    for x, y in loader:
-        x, y = x.to(train_loss_sum.device), y.to(train_loss_sum.device)
+    logs: EpochLogs,
+    autocast: Any,
+    device: torch.device,
+) -> None:
+    """The validation loop, with the Trainer's hooks around it; the module logs its metrics."""
+    module.eval()
+    module.on_validation_start()
+    module.on_validation_epoch_start()
+    for i, batch in enumerate(loader):
+        if device.type != "cpu":
+            batch = move_data_to_device(batch, device)
+        logs.at("validation_step", batch)
+        module.on_validation_batch_start(batch, i)
         with autocast:
-            logits = model(x)
-            val_loss_sum += F.cross_entropy(logits, y) * y.numel()
-        correct += (logits.argmax(dim=1) == y).sum()
-        val_count += y.numel()
-    totals = torch.stack(
-        [
-            train_loss_sum,
-            val_loss_sum.float(),
-            torch.as_tensor(correct).to(train_loss_sum),
-        ]
-    )
-    counts = torch.tensor([train_count, val_count], device=train_loss_sum.device)
-    if ddp:
-        dist.all_reduce(totals)
-        dist.all_reduce(counts)
-    (train_loss, val_loss, correct), (train_count, val_count) = (
-        totals.tolist(),
-        counts.tolist(),
-    )
-    return {
-        "train_loss": train_loss / train_count,
-        "val_loss": val_loss / val_count,
-        "val_acc": correct / val_count,
-    }
+            output = module.validation_step(batch, i)
+        module.on_validation_batch_end(output, batch, i)
+    logs.at("on_validation_epoch_end")
+    module.on_validation_epoch_end()
+    module.on_validation_end()
+    sharded.reshard(module)  # FSDP2: back to shards, as a checkpoint expects
+    module.train()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 # The checkout's fourways package, as the runners at its top import it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fourways import task
+from fourways import parity, task
 from fourways.contract import arguments, console, errors, records, resume, run_dirs
 from fourways.settings import init_arguments
 
@@ -80,7 +80,7 @@ def main() -> None:
         epochs=history,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    records.save_run(run_dir, record, model.state_dict())
+    records.save_run(run_dir, record, parity.as_module_keys(model.state_dict()))
 
 
 @torch.no_grad()

@@ -41,6 +41,10 @@ from fourways import settings, task
 
 INTERLEAVED, SHARDED = "interleaved", "sharded"
 
+# The runners save the task's LightningModule (MLPClassifier), which holds the MLP as `model`; the
+# replay, the minimal loops and the raw loop train the MLP itself, so their keys take this prefix.
+TASK_MODULE_PREFIX = "model."
+
 # gloo sums two operands in one commutative add; the reduction order of three or more is gloo's
 # own (ring, chunked), which the replay does not reproduce, so bitwise checks stop at 2.
 MAX_BITWISE_PROCESSES = 2
@@ -164,7 +168,12 @@ def replay(
                     p.grad = all_reduce_mean(list(rank_grads))
                 optimizer.step()
                 optimizer.zero_grad()
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return as_module_keys({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def as_module_keys(mlp_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MLP's weights under the keys of the runners' model.pt (the task's LightningModule)."""
+    return {TASK_MODULE_PREFIX + key: value for key, value in mlp_state.items()}
 
 
 def all_reduce_mean(rank_grads: list[torch.Tensor]) -> torch.Tensor:

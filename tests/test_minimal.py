@@ -103,7 +103,7 @@ def test_one_device_writes_the_full_plain_runners_weights_bitwise(
 ) -> None:
     reference = load_weights(single_device_runs["torch"])
     for name, path in one_device_runs.items():
-        weights = torch.load(path, weights_only=True)
+        weights = parity.as_module_keys(torch.load(path, weights_only=True))
         assert list(weights) == list(reference), f"{name}: keys {list(weights)}"
         assert all(torch.equal(weights[k], reference[k]) for k in reference), name
         assert len(epoch_metrics(path.with_suffix(".txt"))) == 5, name
@@ -125,7 +125,7 @@ def test_two_processes_reach_the_weights_of_their_own_arithmetic(
         # Accelerate deals whole batches out to the ranks, the others interleave samples.
         grouping = parity.grouping_of("accelerate" if name == "accelerate" else "torch", 2)
         replayed = reference(parity.Setup(processes=2, grouping=grouping))
-        weights = torch.load(path, weights_only=True)
+        weights = parity.as_module_keys(torch.load(path, weights_only=True))
         diff = max_abs_diff(weights, replayed)
         assert parity.bitwise_equal(weights, replayed), f"{name}: {diff:.2e} from the replay"
         # One line per epoch (the main process alone prints) with the full runner's validation

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fourways import parity
-from fourways.compare.plans import REFERENCE, Run
+from fourways.compare.plans import MINIMAL, REFERENCE, Run
 
 RULE = (
     "A run agrees when its weights equal, bit for bit, an in-process replay of its own arithmetic "
@@ -34,7 +34,10 @@ def load_weights(run: Run) -> dict[str, Any]:
     """The weights a run saved (its model.pt), loaded as data only."""
     import torch
 
-    return torch.load(run.run_dir / "model.pt", weights_only=True)
+    weights = torch.load(run.run_dir / "model.pt", weights_only=True)
+    if run.runner in MINIMAL:  # the MLP itself, not the task's LightningModule around it
+        return parity.as_module_keys(weights)
+    return weights
 
 
 class References:

@@ -60,8 +60,8 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         key, equals, value = key.partition("=")
         if not equals:
             value = next(items, None)
-            if value is None:
-                raise UsageError(f"{item} needs a value")
+            if value is None or value.startswith("--"):
+                raise UsageError(f"{item} needs a value: {item} VALUE")
         init[role].append(f"--{key.removeprefix('init_args.')}={value}")
     return rest, init
 
@@ -97,7 +97,7 @@ def import_class(role: str, path: str) -> type:
     if cls is None:
         raise UsageError(f"--{role} {path}: {module_name} has no {name}")
     if not isinstance(cls, type) or not issubclass(cls, base):
-        raise UsageError(f"--{role} {path}: not a {base.__module__}.{base.__name__} subclass")
+        raise UsageError(f"--{role} {path}: not a lightning.{base.__name__} subclass")
     return cls
 
 
@@ -109,7 +109,9 @@ def check_init_args(role: str, cls: type, given: list[str]) -> dict[str, Any]:
     try:
         parsed = parser.parse_args(given, defaults=False)
     except Exception as err:  # jsonargparse.ArgumentError, over several lines
-        reason = " ".join(str(err).split())
+        reason = " ".join(str(err).split()).replace(
+            "unrecognized arguments: --", "no init argument "
+        )
         raise UsageError(f"--{role} {cls.__module__}.{cls.__name__}: {reason}") from None
     return {key: value for key, value in vars(parsed).items() if value is not None}
 
@@ -177,3 +179,11 @@ def build(choice: Choice, args: argparse.Namespace) -> Any:
 def name(choice: Choice) -> str:
     """The class's name, as the refusals say it."""
     return choice.path.rpartition(".")[2]
+
+
+def split_global_batch(data: L.LightningDataModule, world_size: int, accumulate: int) -> None:
+    """A DataModule that takes the GLOBAL batch (the task's: it defines `set_micro_batch_size`)
+    is told the processes and accumulation steps that share it; any other keeps its own batch
+    size, per process, as under the Trainer."""
+    if hasattr(data, "set_micro_batch_size"):
+        data.set_micro_batch_size(world_size, accumulate)

@@ -59,6 +59,10 @@ class EpochLogs:
         self.batch: Any = None  # and which batch, for the batch size
         self.logged: dict[str, Logged] = {}
 
+    def at(self, hook: str, batch: Any = None) -> None:
+        """The runner is about to call `hook` (on `batch`): log calls now take its defaults."""
+        self.hook, self.batch = hook, batch
+
     def log(
         self,
         name: str,
