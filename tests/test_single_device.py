@@ -22,6 +22,10 @@ CONFIG = {  # the run's configuration, as checkpoints record it: the defaults he
     "accumulate": 1, "precision": "32-true", "world_size": 1, "num_features": task.NUM_FEATURES,
     "num_classes": task.NUM_CLASSES, "label_noise": task.LABEL_NOISE,
     "val_fraction": task.VAL_FRACTION, "checkpoint_every": None,
+    # The classes by dotted path, and the init arguments given to a user's (the task's take the
+    # settings above).
+    "model": "lightning_module.MLPClassifier", "model_init_args": [],
+    "data": "datamodule.TaskDataModule", "data_init_args": [],
 }  # fmt: skip
 
 
