@@ -22,6 +22,7 @@ this module adds:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ TASK_LINKS = (("seed_everything", "data.init_args.seed"),
 
 
 def is_task(config: Any, role: str) -> bool:
+    """Whether the parsed configuration's class for `role` is the task's."""
     return config[role].class_path == TASK[role]
 
 
@@ -133,7 +135,7 @@ def signature_defaults(path: str) -> dict[str, Any]:
 def load(path: str) -> type:
     """The class at `path`, of either role (checked as a model or a data module by then)."""
     module_name, _, name = path.rpartition(".")
-    return getattr(__import__(module_name, fromlist=[name]), name)
+    return getattr(importlib.import_module(module_name), name)
 
 
 def given_init_args(config: Any, role: str) -> list[str]:

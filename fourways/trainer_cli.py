@@ -143,6 +143,22 @@ def check_against_recorded(fit: Any, recorded: dict[str, Any]) -> None:
     )
 
 
+def refuse_what_the_runners_cannot_train(module: L.LightningModule) -> None:
+    """The module contract the four runners share (fourways.driving.requirements), before the
+    Trainer starts: manual optimization, loop hooks only the Trainer calls, several optimizers,
+    a monitored scheduler: one line each. `configure_optimizers` is called once for the check
+    (the optimizer is dropped); one that needs what only fit provides (`self.trainer`, or
+    parameters made in `configure_model`) raises here, and is left to the Trainer's own checks."""
+    name = type(module).__name__
+    requirements.check_module(module, name)
+    try:
+        requirements.configure(module, name)
+    except errors.UsageError:
+        raise
+    except Exception:  # not ours to judge before fit: the Trainer calls it again
+        return
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config file is reported as the contract's one line, exit status 2."""
 
@@ -279,10 +295,7 @@ class TaskCLI(LightningCLI):
 
     def before_fit(self) -> None:
         fit, trainer = self.config_init.fit, self.trainer
-        name = type(self.model).__name__
-        # What the other runners could not train alike is refused here too, before training.
-        requirements.check_module(self.model, name)
-        requirements.configure(self.model, name)
+        refuse_what_the_runners_cannot_train(self.model)
         run_dirs.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
         read_weights_only(fit)
         self.run_config = self.trainer_run_config()

@@ -185,6 +185,7 @@ def reference(setup: parity.Setup) -> dict[str, torch.Tensor]:
 
 def assert_equals_replay(name: str, run_dir: Path, setup: parity.Setup) -> None:
     """A run's model.pt must equal, bit for bit, the replay of its runner's own arithmetic."""
+    # Both under the task's LightningModule's keys (model.hidden.weight, ...): parity.replay.
     weights, replayed = load_weights(run_dir), reference(setup)
     diff = max_abs_diff(weights, replayed)
     assert parity.bitwise_equal(weights, replayed), (

@@ -79,6 +79,16 @@ def test_a_user_data_module_trains_with_its_own_batch(tmp_path: Path) -> None:
     assert list(load_weights(run_dir)) == ["linear.weight", "linear.bias"]
 
 
+def test_a_model_whose_optimizer_needs_the_trainer_trains(tmp_path: Path) -> None:
+    """configure_optimizers reading self.trainer cannot be checked before fit: the Trainer runs
+    it (and checks it) as Lightning does."""
+    run_dir = tmp_path / "run"
+    model = ["--model", "tests.user_models.StepsFromTheTrainer"]
+    result = run(fit(run_dir, *model, "--trainer.max_epochs", "1", "--data.num_samples", "160"))
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "model.pt").exists()
+
+
 REFUSALS = {
     "does not import": (["--model", "tests.user_models_gone.Model"], "cannot import"),
     "not a LightningModule": (["--model", "tests.user_models.NotAModule"], "not a"),

@@ -97,6 +97,17 @@ class MonitoredScheduler(TinyModel):
                                                          "monitor": "val_loss"}}  # fmt: skip
 
 
+class StepsFromTheTrainer(TinyModel):
+    """A one-cycle schedule over the Trainer's `estimated_stepping_batches`: configure_optimizers
+    reads `self.trainer`, which only the Trainer provides (a Trainer-only model)."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        steps = int(self.trainer.estimated_stepping_batches)
+        cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+
 class NotAModule(nn.Module):
     """A plain torch module: not a LightningModule."""
 
