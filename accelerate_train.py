@@ -234,7 +234,8 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
             f"mixed precision {given} (from accelerate launch or its config) is not one of "
             f"{', '.join(precisions)}"
         )
-    config = resume.settle_args(
+    class_config = classes.settle(args, checkpoint)  # the classes first: which options apply
+    config = class_config | resume.settle_args(
         args,
         checkpoint,
         resume.Given(
@@ -243,7 +244,7 @@ def settle_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None, d
             given and precisions[given],
             "32-true",
         ),
-        *classes.given(args),
+        keys=classes.task_keys(class_config),
     )
     on_cuda = torch.cuda.is_available() and not args.cpu
     if launched_with("deepspeed"):  # set by `accelerate launch` from its config

@@ -255,12 +255,13 @@ def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict
         checked = (path, checkpoint)
     precision = os.environ.get("LT_PRECISION", args.precision)  # `fabric run` sets these
     strategy = os.environ.get("LT_STRATEGY", args.strategy)
-    config = resume.settle_args(
+    class_config = classes.settle(args, checkpoint)  # the classes first: which options apply
+    config = class_config | resume.settle_args(
         args,
         checkpoint,
         resume.Given("precision", "--precision", precision, "32-true"),
         resume.Given("strategy", "--strategy", strategy, "auto"),
-        *classes.given(args),
+        keys=classes.task_keys(class_config),
     )
     args.strategy = strategy = config["strategy"]
     if strategy == arguments.FSDP2 and "LT_STRATEGY" in os.environ:  # Fabric's CLI knows no fsdp2

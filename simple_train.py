@@ -237,13 +237,14 @@ def settle_run(
     run_dir = run_dirs.resolve_run_dir(args.run_dir, "torch", args.resume)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     checkpoint = checkpoint_io.load_checkpoint(checkpoint_path) if args.resume else None
-    config = resume.settle_args(
+    class_config = classes.settle(args, checkpoint)  # the classes first: which options apply
+    config = class_config | resume.settle_args(
         args,
         checkpoint,
         resume.Given("precision", "--precision", args.precision, "32-true"),
         resume.Given("strategy", "--strategy", args.strategy, "ddp"),
         resume.Given("world_size", "processes", world_size, world_size),
-        *classes.given(args),
+        keys=classes.task_keys(class_config),
     )
     args.strategy = config["strategy"]
     args.precision = config["precision"]

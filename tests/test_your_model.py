@@ -36,6 +36,8 @@ REFUSALS = {
     "manual optimization": (["--model", "tests.user_models.ManualOptimization"], "manual"),
     "two optimizers": (["--model", "tests.user_models.TwoOptimizers"], "2 optimizers"),
     "a monitored scheduler": (["--model", "tests.user_models.MonitoredScheduler"], "monitors"),
+    "configure_optimizers reads the Trainer": (
+        ["--model", "tests.user_models.StepsFromTheTrainer"], "not attached to a `Trainer`"),
     "a Trainer-only hook": (["--model", "tests.user_models.OverridesOptimizerStep"], "overrides"),
 }  # fmt: skip
 

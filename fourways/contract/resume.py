@@ -6,7 +6,7 @@ reports where it stands.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,21 +73,27 @@ def epochs_reached(position: dict[str, Any]) -> int:
     return position["epoch"] + (position["batch"] > 0)
 
 
-def given_options(args: argparse.Namespace) -> list[Given]:
+def given_options(args: argparse.Namespace, keys: Collection[str]) -> list[Given]:
     """The task's options of the hand-written runners (`arguments.task_parser`), as given."""
-    return [Given(o.key, o.flag, getattr(args, o.dest), o.default) for o in settings.OPTIONS]
+    options = [o for o in settings.OPTIONS if o.key in keys]
+    return [Given(o.key, o.flag, getattr(args, o.dest), o.default) for o in options]
 
 
 def settle_args(
-    args: argparse.Namespace, checkpoint: dict[str, Any] | None, *fixed: Given
+    args: argparse.Namespace,
+    checkpoint: dict[str, Any] | None,
+    *fixed: Given,
+    keys: Collection[str] = frozenset(settings.BY_KEY),
 ) -> dict[str, Any]:
-    """The hand-written runners' configuration: the task's options (written back into `args`)
-    and the runner's own `fixed` ones (precision, processes), settled against the configuration
-    the checkpoint records; and on resume, no fewer epochs than it has trained into."""
+    """The hand-written runners' configuration: the task's options among `keys` (written back
+    into `args`; a user's class takes none of its role's) and the runner's own `fixed` ones
+    (precision, processes, the classes), settled against the configuration the checkpoint
+    records; and on resume, no fewer epochs than it has trained into."""
     recorded = None if checkpoint is None else checkpoint.get("config", {})
-    config = settle_config([*given_options(args), *fixed], recorded)
+    config = settle_config([*given_options(args, keys), *fixed], recorded)
     for option in settings.OPTIONS:
-        setattr(args, option.dest, config[option.key])
+        if option.key in keys:
+            setattr(args, option.dest, config[option.key])
     if checkpoint is not None:
         check_epochs_left(args.epochs, epochs_reached(checkpoint))
     return config

@@ -138,6 +138,23 @@ def given(args: argparse.Namespace) -> list[resume.Given]:
     return entries
 
 
+def settle(args: argparse.Namespace, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's classes and init arguments: as given, else the checkpoint's, else the task's."""
+    recorded = None if checkpoint is None else checkpoint.get("config", {})
+    return resume.settle_config(given(args), recorded)
+
+
+def task_keys(config: dict[str, Any]) -> set[str]:
+    """The settings that apply to the run's classes: all but those of a user's model (--lr,
+    --hidden-dim, ...) or a user's data (--num-samples, --batch-size, ...)."""
+    users = [role for role, (default, _) in ROLES.items() if config[role] != default]
+    return {
+        o.key
+        for o in settings.OPTIONS
+        if not o.trainer.startswith(tuple(f"{role}." for role in users))
+    }
+
+
 def chosen(config: dict[str, Any], args: argparse.Namespace) -> tuple[Choice, Choice]:
     """The model and the data the run's configuration names, checked (one line if unfit)."""
     model, data = (

@@ -86,7 +86,12 @@ def check_module(module: L.LightningModule, name: str) -> None:
 def configure(module: L.LightningModule, name: str) -> Optimization:
     """`module.configure_optimizers()`, read in each form Lightning documents; refused unless it
     is one optimizer with at most one scheduler."""
-    returned = module.configure_optimizers()
+    try:
+        returned = module.configure_optimizers()
+    except Exception as err:  # e.g. it reads self.trainer: "... is not attached to a Trainer"
+        raise UsageError(
+            f"{name}.configure_optimizers raised {type(err).__name__}: {err}"
+        ) from None
     optimizers, schedulers = split_return(returned, name)
     if len(optimizers) != 1:
         raise UsageError(
