@@ -152,11 +152,10 @@ def refuse_what_the_runners_cannot_train(module: L.LightningModule) -> None:
     name = type(module).__name__
     requirements.check_module(module, name)
     try:
-        requirements.configure(module, name)
-    except errors.UsageError:
-        raise
+        returned = module.configure_optimizers()
     except Exception:  # not ours to judge before fit: the Trainer calls it again
         return
+    requirements.optimization_of(returned, name)
 
 
 class OneLineErrorParser(LightningArgumentParser):

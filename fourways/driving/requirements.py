@@ -92,6 +92,12 @@ def configure(module: L.LightningModule, name: str) -> Optimization:
         raise UsageError(
             f"{name}.configure_optimizers raised {type(err).__name__}: {err}"
         ) from None
+    return optimization_of(returned, name)
+
+
+def optimization_of(returned: Any, name: str) -> Optimization:
+    """What configure_optimizers returned, read; refused unless it is one optimizer with at most
+    one scheduler."""
     optimizers, schedulers = split_return(returned, name)
     if len(optimizers) != 1:
         raise UsageError(
