@@ -1,6 +1,7 @@
 """The task's LightningModule, and the Lightning Trainer runner through LightningCLI.
 
 python lightning_module.py fit                                   # defaults: 1 device
+python lightning_module.py fit --model mypkg.MyModule --model.depth 4 --data mypkg.MyData
 python lightning_module.py fit --config configs/lightning/ddp.yaml
 python lightning_module.py fit --print_config                    # every option, as YAML
 python lightning_module.py validate --ckpt_path runs/lightning/version_0/checkpoints/last.ckpt
@@ -22,7 +23,6 @@ from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_ty
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodule import TaskDataModule
 from fourways import settings, task
 from fourways.contract import errors
 from fourways.trainer_cli import TaskCLI
@@ -75,10 +75,14 @@ class MLPClassifier(L.LightningModule):
 
 
 def main() -> None:
-    """LightningCLI with the task's model and data: `fit` or `validate`, as Lightning spells it."""
+    """LightningCLI: `fit` or `validate`, as Lightning spells it, with any LightningModule and
+    LightningDataModule (`--model PATH`, `--data PATH`); the task's MLPClassifier and
+    TaskDataModule by default."""
     TaskCLI(
-        MLPClassifier,
-        TaskDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
         seed_everything_default=settings.DEFAULTS.seed,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
         trainer_defaults={

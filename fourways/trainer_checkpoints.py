@@ -19,8 +19,13 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from tqdm import tqdm
 
 from fourways import sharded
-from fourways.contract import checkpoint_io, errors, resume
+from fourways.contract import checkpoint_io, errors, faults, resume
+from fourways.trainer_bookkeeping import RunBookkeeping
 from fourways.workarounds import lightning_trainer
+
+# An epoch's metrics that the runner computes (fourways.driving.bookkeeping); the rest the module
+# logged, and the logger wrote them when they were logged.
+RUN_OWN = ("train_loss", "epoch_s")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -116,26 +121,54 @@ def plain_values(mapping: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def refuse_unresumable_loader(trainer: L.Trainer, position: dict[str, int] | None) -> None:
+    """A mid-epoch checkpoint continues exactly only from a training loader that records its
+    position (`state_dict` / `load_state_dict`, as torchdata's StatefulDataLoader, which the
+    task's data module uses): from any other, Lightning 2.6.6 warns and restarts the epoch's
+    data. Refused instead of training something else (nothing is written yet)."""
+    if position is None or position["batch"] == 0:
+        return
+    loader = trainer.train_dataloader
+    if isinstance(loader, dict):
+        loaders = list(loader.values())
+    else:
+        loaders = list(loader) if isinstance(loader, list | tuple) else [loader]
+    for each in loaders:
+        if not (hasattr(each, "state_dict") and hasattr(each, "load_state_dict")):
+            data = type(trainer.datamodule).__name__ if trainer.datamodule else "the data"
+            raise errors.UsageError(
+                f"the checkpoint is mid-epoch (epoch {position['epoch'] + 1}, batch "
+                f"{position['batch']}) and {data}'s training loader ({type(each).__name__}) cannot "
+                "resume there (no state_dict/load_state_dict; torchdata's StatefulDataLoader "
+                "can); checkpoint at epoch ends only (leave --checkpoint.every_n_train_steps out) "
+                "or make the loader resumable"
+            )
+
+
 class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     """ModelCheckpoint (configured by its own flags: --checkpoint.every_n_train_steps N, ...) that
     also records the run's configuration and its position in every checkpoint and, on resume,
     says where the run stands and writes the epochs before it back into metrics.csv (the CSV
     logger starts its file anew).
 
-    The position is the other runners' (resume.resume_line): epochs finished (the module's
-    history), batches trained into the next one, optimizer steps.
+    The position is the other runners' (resume.resume_line): epochs finished (the bookkeeping
+    callback's history, fourways.trainer_bookkeeping), batches trained into the next one,
+    optimizer steps.
     """
 
     run_config: dict[str, Any]
+    bookkeeping: RunBookkeeping
     train_start: float
     batches_done = 0  # in the epoch under way, as of the last training batch
     resumed_position: dict[str, int] | None = None
     resume_reported = False  # said where the run resumed (say_where_resumed)
 
-    def record_run(self, run_config: dict[str, Any]) -> None:
-        """Called before fit: the configuration to record, and the training clock's start (reset
-        when training starts, which a resumed run that had already finished never does)."""
+    def record_run(self, run_config: dict[str, Any], bookkeeping: RunBookkeeping) -> None:
+        """Called before fit: the configuration to record, the run's bookkeeping (its history
+        is the position's epoch count), and the training clock's start (reset when training
+        starts, which a resumed run that had already finished never does)."""
         self.run_config = run_config
+        self.bookkeeping = bookkeeping
         self.train_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -148,6 +181,10 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     ) -> None:
         self.batches_done = batch_idx + 1  # before a save: the position it records
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # The resume tests' fault point, after the step's checkpoint (a kill -9 there leaves
+        # it): Lightning calls checkpoint callbacks after every other callback.
+        if faults.FAULT:  # the step count is a chain of calls: checked only under the tests
+            faults.inject_fault("step", trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done = 0  # after validation and the module's epoch end: a finished epoch
@@ -158,6 +195,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
         # After the processes are launched and joined, as in the others (where it is set just
         # before the epoch loop): the launch and the sanity check are start-up, not training.
         self.train_start = time.perf_counter()
+        refuse_unresumable_loader(trainer, self.resumed_position)
         self.report_resume(trainer, pl_module)
 
     def on_save_checkpoint(
@@ -165,7 +203,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
     ) -> None:
         checkpoint["run_config"] = self.run_config
         checkpoint["position"] = {
-            "epoch": len(pl_module.history),
+            "epoch": len(self.bookkeeping.history),
             "batch": self.batches_done,
             "steps": trainer.global_step,
         }
@@ -190,6 +228,7 @@ class Checkpoint(lightning_trainer.ModelCheckpointAfterValidation):
             tqdm.write(resume.resume_line(Path(trainer.ckpt_path), self.resumed_position))
         self.resume_reported = True
         steps_per_epoch = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
-        for epoch, metrics in enumerate(pl_module.history):  # as the Trainer logged them
+        for epoch, metrics in enumerate(self.bookkeeping.history):
+            logged = {k: v for k, v in metrics.items() if k not in RUN_OWN}  # the module's
             for logger in trainer.loggers:
-                logger.log_metrics({**metrics, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)
+                logger.log_metrics({**logged, "epoch": epoch}, (epoch + 1) * steps_per_epoch - 1)

@@ -3,13 +3,16 @@
 What a plain LightningCLI does not do: one-line refusals of bad input (exit status 2), the
 contract's run directory and outputs (model.pt, metrics.json), a resume that takes the run's
 recorded configuration and refuses a contradicting option, a console like the other runners'
-(epoch lines; a bar on a terminal only). Everything through LightningCLI's public hooks; the model
-and data classes are handed in by the entry point.
+(epoch lines; a bar on a terminal only), any LightningModule and LightningDataModule by dotted
+path (fourways/trainer_classes.py) held to the module contract the four runners share
+(fourways.driving.requirements), the run's bookkeeping as a callback
+(fourways/trainer_bookkeeping.py). Everything through LightningCLI's public hooks.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,8 +26,10 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import StrategyRegistry
 
-from fourways import settings, sharded
+from fourways import settings, sharded, trainer_classes
 from fourways.contract import arguments, console, errors, records, resume, run_dirs
+from fourways.driving import requirements
+from fourways.trainer_bookkeeping import RunBookkeeping
 from fourways.trainer_checkpoints import (
     Checkpoint,
     checkpoint_file,
@@ -36,7 +41,10 @@ from fourways.trainer_checkpoints import (
 
 # Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
 # seed and the device. Bad input then leaves one line on stderr, as the contract asks.
-NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:")
+# On resume the runner says where it restarted (resume.resume_line): Lightning's own restore lines
+# repeat it.
+NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:", "Restoring states from",
+         "Restored all states from")  # fmt: skip
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith(NOISE)
 )
@@ -48,6 +56,9 @@ warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # The CSV loggers warn about a run directory that already holds files: here, our checkpoints; on
 # a resume the logged history is replayed (Fabric) and metrics.json stays complete.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+# ModelCheckpoint says the same of the checkpoints folder: a run directory holding checkpoints is
+# a resume, or refused (run_dirs.check_run_dir).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 # The subcommands offered, each reading the task's data: fit trains, validate reports.
 READS = ("fit", "validate")
@@ -63,26 +74,81 @@ RENAMED = {
     for o in settings.OPTIONS
     if o.trainer.startswith(OWN_CLASSES) and o.trainer.split(".", 1)[1] != o.key
 }
+TASK_CLASSES = trainer_classes.TASK
+TASK_ROLES = ("model", "data")
 ACCELERATORS = ("auto", *AcceleratorRegistry.available_accelerators())
 STRATEGIES = ("auto", *StrategyRegistry.available_strategies())
 
 
 def cli_options(fit: Any) -> dict[str, str]:
-    """The run's configuration as LightningCLI options, `{key: option}`: the Trainer's, then
-    every init argument of the data and the model as parsed (their signatures, none listed
-    here). The data's come first: a linked model argument (num_features) is set through it."""
+    """The run's settings as LightningCLI options, `{key: option}`: the Trainer's, then every
+    init argument of the task's data and model as parsed (their signatures, none listed here;
+    a user's class has its own, recorded apart: trainer_classes). The data's come first: a
+    linked model argument (num_features) is set through it."""
     options = dict(TRAINER_OPTIONS)
     for group in ("data", "model"):
-        for name in vars(fit[group]):
-            options.setdefault(RENAMED.get(name, name), f"{group}.{name}")
+        if trainer_classes.is_task(fit, group):
+            for name in vars(fit[group].init_args):
+                options.setdefault(RENAMED.get(name, name), f"{group}.init_args.{name}")
     return options
+
+
+def flag(option: str) -> str:
+    """An option as a user types it: --model.hidden_dim (LightningCLI's short form)."""
+    return "--" + option.replace(".init_args.", ".")
+
+
+def settings_of(fit: Any) -> dict[str, Any]:
+    """The run's settings and classes, keyed as checkpoints and metrics.json record them."""
+    config = plain_values({key: fit[option] for key, option in cli_options(fit).items()})
+    for role in ("model", "data"):
+        config[role] = fit[role].class_path
+        config[f"{role}_init_args"] = trainer_classes.given_init_args(fit, role)
+    return config
+
+
+def recorded_defaults(subcommand: str, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configuration as LightningCLI defaults: the Trainer's options, and each
+    class with its recorded init arguments."""
+    defaults = {
+        f"{subcommand}.{option}": recorded[key]
+        for key, option in TRAINER_OPTIONS.items()
+        if key in recorded
+    }
+    for role in TASK_ROLES:
+        names = trainer_classes.signature_defaults(trainer_classes.TASK[role])
+        task_values = {name: recorded[RENAMED.get(name, name)] for name in names
+                       if RENAMED.get(name, name) in recorded}  # fmt: skip
+        entry = trainer_classes.recorded_init_args(role, recorded, task_values)
+        defaults[f"{subcommand}.{role}"] = entry
+    return defaults
+
+
+def check_against_recorded(fit: Any, recorded: dict[str, Any]) -> None:
+    """Refuse, in one line, a class, an option or an init argument that contradicts the
+    checkpoint (resume.settle_config); the epochs and the checkpoint cadence may change."""
+
+    def entry(key: str, option: str, value: Any, kept: Any) -> resume.Given:
+        return resume.Given(key, option, None if value == kept else value, None)
+
+    now, options = settings_of(fit), cli_options(fit)
+    classes = [entry(role, f"--{role}", now[role], recorded.get(role)) for role in TASK_ROLES]
+    resume.settle_config(classes, recorded)
+    given = [entry(key, flag(options[key]), now[key], recorded.get(key)) for key in options]
+    resume.settle_config(given, recorded)
+    user = trainer_classes.user_init_entries(fit, recorded)
+    resume.settle_config(
+        [entry(key, option, value, kept) for key, option, value, kept in user],
+        {key: kept for key, _, _, kept in user},
+    )
 
 
 class OneLineErrorParser(LightningArgumentParser):
     """A bad option or config file is reported as the contract's one line, exit status 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        errors.fail(" ".join(message.split()) + " (see --help)")
+        message = trainer_classes.name_init_arg(" ".join(message.split()), sys.argv[1:])
+        errors.fail(message + " (see --help)")
 
 
 class EpochBar(TQDMProgressBar):
@@ -113,9 +179,12 @@ class TaskCLI(LightningCLI):
         # and always last.ckpt: resume with --ckpt_path last and the same logger version.
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
-        # One seed for everything: the data, the initial weights and the data order.
-        parser.link_arguments("seed_everything", "data.seed")
-        parser.link_arguments("data.num_features", "model.num_features")
+        # The task's classes unless --model / --data name others. One seed for everything (the
+        # task's data takes --seed_everything) and the task's model as wide as its data: those
+        # links are applied by hand, only to the task's classes (trainer_classes).
+        parser.set_defaults(
+            {role: {"class_path": trainer_classes.TASK[role]} for role in TASK_ROLES}
+        )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -123,34 +192,36 @@ class TaskCLI(LightningCLI):
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in READS}
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """With --ckpt_path, the checkpoint's configuration becomes the defaults, so that options
-        left out continue (or validate) the run as configured and a contradicting one is refused."""
-        super().parse_arguments(parser, args)
+        """Parsed twice. First without the classes' init arguments: which classes, and which
+        checkpoint. Then in full, the classes' defaults being their own (no init argument
+        carried over from the task's class) or, with --ckpt_path, the checkpoint's configuration,
+        so that options left out continue (or validate) the run as configured and a
+        contradicting one is refused."""
+        argv = list(sys.argv[1:] if args is None else args)
+        trainer_classes.check_class_paths(argv)
+        self.config = parser.parse_args(trainer_classes.without_init_args(argv))
         subcommand = self.config.get("subcommand")
-        if subcommand not in READS or self.config[subcommand].ckpt_path is None:
+        if subcommand not in READS:
             return
-        path = checkpoint_file(self.config[subcommand], subcommand)
-        checkpoint = read_checked(path)
-        recorded = checkpoint.get("run_config", {})
-        options = cli_options(self.config[subcommand])
-        parser.set_defaults(
-            {f"{subcommand}.{option}": recorded[key] for key, option in options.items()
-             if key in recorded}
-        )  # fmt: skip
-        super().parse_arguments(parser, args)
+        config, recorded = self.config[subcommand], None
+        if config.ckpt_path is not None:
+            path = checkpoint_file(config, subcommand)
+            checkpoint = read_checked(path)
+            recorded = checkpoint.get("run_config", {})
+            parser.set_defaults(recorded_defaults(subcommand, recorded))
+        else:
+            parser.set_defaults({
+                f"{subcommand}.{role}": {"class_path": config[role].class_path}
+                for role in TASK_ROLES
+            })  # fmt: skip
+        self.config = parser.parse_args(argv)
         config = self.config[subcommand]
+        trainer_classes.link_task_arguments(config)
+        if recorded is None:
+            return
         config.ckpt_path = str(path)  # exactly the file checked ("last" would take last-v1.ckpt)
         self.recorded, self.checked = recorded, (path, checkpoint)
-        given = {key: config[option] for key, option in options.items()}
-        resume.settle_config(
-            [
-                resume.Given(
-                    key, f"--{options[key]}", None if value == recorded.get(key) else value, None
-                )
-                for key, value in given.items()
-            ],
-            recorded,
-        )
+        check_against_recorded(config, recorded)
         if subcommand == "fit":
             if "position" not in checkpoint:
                 raise errors.UsageError(
@@ -172,8 +243,11 @@ class TaskCLI(LightningCLI):
                 )
         if trainer.max_epochs is None or trainer.max_epochs < 1:
             raise errors.UsageError(f"--trainer.max_epochs {trainer.max_epochs} must be 1 or more")
-        if str(trainer.devices).isdigit():  # refuse an uneven split now, not in N processes
-            data = self.config[self.subcommand].data
+        fit = self.config[self.subcommand]
+        if str(trainer.devices).isdigit() and trainer_classes.is_task(fit, "data"):
+            # the task's data splits its global batch: refuse an uneven split now, not in N
+            # processes
+            data = fit.data.init_args
             arguments.micro_batch_size(
                 data.batch_size,
                 int(trainer.devices) * trainer.num_nodes,
@@ -194,13 +268,21 @@ class TaskCLI(LightningCLI):
         if show_bar is None:
             show_bar = kwargs["enable_progress_bar"] = console.on_terminal()
         callbacks = trainer.callbacks or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        callbacks = [*callbacks] if isinstance(callbacks, list) else [callbacks]
         if show_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, EpochBar()]
+            callbacks.append(EpochBar())
+        if self.subcommand == "fit":  # the run's epoch metrics, history and resume sums
+            self.bookkeeping = RunBookkeeping()
+            callbacks.append(self.bookkeeping)
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         fit, trainer = self.config_init.fit, self.trainer
+        name = type(self.model).__name__
+        # What the other runners could not train alike is refused here too, before training.
+        requirements.check_module(self.model, name)
+        requirements.configure(self.model, name)
         run_dirs.check_run_dir(Path(trainer.log_dir), resume=fit.ckpt_path is not None)
         read_weights_only(fit)
         self.run_config = self.trainer_run_config()
@@ -212,7 +294,7 @@ class TaskCLI(LightningCLI):
             )
         hand_over_checked(trainer.strategy, self.checked)
         self.checkpoint = fit.checkpoint
-        self.checkpoint.record_run(self.run_config)
+        self.checkpoint.record_run(self.run_config, self.bookkeeping)
 
     def before_validate(self) -> None:
         log_dir = Path(self.trainer.log_dir)
@@ -226,8 +308,8 @@ class TaskCLI(LightningCLI):
 
     def trainer_run_config(self) -> dict[str, Any]:
         """The run's configuration, keyed as the other runners key it (resume.settle_config)."""
-        fit, trainer = self.config.fit, self.trainer
-        config = plain_values({key: fit[option] for key, option in cli_options(fit).items()})
+        trainer = self.trainer
+        config = settings_of(self.config.fit)
         return config | {"precision": str(trainer.precision), "world_size": trainer.world_size}
 
     def after_fit(self) -> None:
@@ -239,26 +321,38 @@ class TaskCLI(LightningCLI):
             for logger in trainer.loggers:
                 logger.save()
         run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank must ask
-        model_state = sharded.full_state_dict(self.model.model)  # a gather under FSDP2: all ranks
+        # The LightningModule's own state_dict (its keys, no framework prefix), gathered whole
+        # under FSDP2: a collective, every rank takes part.
+        model_state = sharded.full_state_dict(self.model)
         if trainer.is_global_zero:
             self.save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
 
     def save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
-        trainer, module, data = self.trainer, self.model, self.datamodule
+        trainer, module = self.trainer, self.model
+        per_device, global_batch = self.batch_sizes()
         record = records.RunRecord(
             runner="lightning",
             world_size=trainer.world_size,
             device=module.device.type,
             precision=str(trainer.precision),
-            seed=data.hparams.seed,
-            global_batch_size=data.hparams.batch_size,
-            per_device_batch_size=data.micro_batch_size,
+            seed=self.config.fit.seed_everything,
+            global_batch_size=global_batch,
+            per_device_batch_size=per_device,
             accumulate_grad_batches=trainer.accumulate_grad_batches,
             optimizer_steps=trainer.global_step,
             wall_clock_s=time.perf_counter() - self.checkpoint.train_start,
             config=self.run_config,
-            epochs=module.history,
+            epochs=self.bookkeeping.history,
             state_bytes_per_process=records.state_bytes(module.parameters(), trainer.optimizers[0]),
         )
         records.save_run(run_dir, record, model_state)
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """(per device, global) batch: the task's data splits its global batch; a user's data
+        module gives the per-device batch its training loader has."""
+        data, trainer = self.datamodule, self.trainer
+        if trainer_classes.is_task(self.config.fit, "data"):
+            return data.micro_batch_size, data.hparams.batch_size
+        per_device = getattr(trainer.train_dataloader, "batch_size", None) or 0
+        return per_device, per_device * trainer.world_size * trainer.accumulate_grad_batches

@@ -183,9 +183,19 @@ def reference(setup: parity.Setup) -> dict[str, torch.Tensor]:
     return parity.replay(setup)
 
 
+# model.pt is the LightningModule's state_dict: the task's module holds the MLP as `model`.
+TASK_MODULE_PREFIX = "model."
+
+
+def task_mlp_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The task module's model.pt (model.hidden.weight, ...) keyed as the MLP the replay trains
+    (hidden.weight, ...)."""
+    return {key.removeprefix(TASK_MODULE_PREFIX): value for key, value in weights.items()}
+
+
 def assert_equals_replay(name: str, run_dir: Path, setup: parity.Setup) -> None:
     """A run's model.pt must equal, bit for bit, the replay of its runner's own arithmetic."""
-    weights, replayed = load_weights(run_dir), reference(setup)
+    weights, replayed = task_mlp_weights(load_weights(run_dir)), reference(setup)
     diff = max_abs_diff(weights, replayed)
     assert parity.bitwise_equal(weights, replayed), (
         f"{name}: {diff:.2e} from the replay ({setup.grouping}, {setup.processes} process(es), "

@@ -81,8 +81,9 @@ def setup_of(seed: int) -> parity.Setup:
 def test_fsdp2_equals_ddp_and_the_replay(name: str, seed: int, strategy_runs: Path) -> None:
     fsdp, ddp = strategy_runs / name / f"fsdp2-{seed}", strategy_runs / name / f"ddp-{seed}"
     sharded_weights = load_weights(fsdp)
-    assert list(sharded_weights) == ["hidden.weight", "hidden.bias", "out.weight", "out.bias"]
-    assert sharded_weights["hidden.weight"].shape == (32, 10)  # gathered whole, not a shard
+    expected = ["model.hidden.weight", "model.hidden.bias", "model.out.weight", "model.out.bias"]
+    assert list(sharded_weights) == expected  # the LightningModule's state_dict
+    assert sharded_weights["model.hidden.weight"].shape == (32, 10)  # gathered whole
     assert parity.bitwise_equal(sharded_weights, load_weights(ddp)), (
         f"{name}: {parity.max_abs_diff(sharded_weights, load_weights(ddp)):.2e} from DDP"
     )

@@ -11,7 +11,18 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, in_process, load_metrics
+from conftest import PYTHON, RUNNERS, in_process, load_metrics, shared_runs
+
+
+@pytest.fixture(scope="session")
+def trainer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Trainer runner once with the defaults (the other runners are not needed here)."""
+
+    def make(root: Path) -> None:
+        (trainer,) = [runner for runner in RUNNERS if runner.name == "lightning"]
+        trainer.train(root / "run")
+
+    return shared_runs(tmp_path_factory, "trainer_default", make) / "run"
 
 
 def validate(checkpoint: Path, save_dir: Path, *args: str) -> list[str]:
@@ -21,9 +32,9 @@ def validate(checkpoint: Path, save_dir: Path, *args: str) -> list[str]:
 
 
 def test_validate_reports_the_metrics_of_the_checkpoints_last_epoch(
-    single_device_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trainer_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir = single_device_runs["lightning"]
+    run_dir = trainer_run
     result = in_process(validate(run_dir / "checkpoints" / "last.ckpt", tmp_path), capsys)
     assert result.returncode == 0, result.stderr
     # The same weights, the same 200 samples in the same batches, the same float32 arithmetic as
@@ -77,10 +88,10 @@ def test_subcommands_without_a_meaning_are_refused_in_one_line(
 
 
 def test_validate_never_writes_into_a_training_runs_folder(
-    single_device_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trainer_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Lightning's CSV logger would replace the run's metrics.csv: refused, the run untouched."""
-    run_dir = single_device_runs["lightning"]
+    run_dir = trainer_run
     before = (run_dir / "metrics.csv").read_bytes()
     logger = "--trainer.logger.init_args."
     command = validate(run_dir / "checkpoints" / "last.ckpt", run_dir.parent,

@@ -29,7 +29,15 @@ def test_four_runners_equal_the_replay_bit_for_bit(single_device_runs: dict[str,
     # One process: every runner's arithmetic is the replay's (fourways/parity.py), so no tolerance.
     for name, run_dir in single_device_runs.items():
         weights = load_weights(run_dir)
-        assert sorted(weights) == ["hidden.bias", "hidden.weight", "out.bias", "out.weight"], name
+        # The LightningModule's own state_dict, no framework prefix: the task's holds its MLP
+        # as `model`.
+        expected = [
+            "model.hidden.bias",
+            "model.hidden.weight",
+            "model.out.bias",
+            "model.out.weight",
+        ]
+        assert sorted(weights) == expected, name
         assert_equals_replay(name, run_dir, parity.Setup())
 
 
