@@ -31,6 +31,17 @@ Sections:
             where DDP starts to pay; and every runner with 2 processes at the default width.
   profile   a sampled profile of each runner's steady state: where a step's time goes.
 
+A user's model (the headline only; fourways/benchmark/yours.py):
+
+    python benchmarks/overhead.py --sections headline --model examples.warmup_mlp.WarmupMLP \
+        --model.width 700 --model.depth 3 [--data PATH --data.NAME VALUE] \
+        [--num-samples 6000 --epochs 3 --slice-s 0.1]
+
+  minimal/ trains only the task's MLP, so the pairs become each full framework runner against the
+  full plain runner (what the framework adds for this model) and the full plain runner against
+  benchmarks/bare_loop.py (what driving a LightningModule with this project's bookkeeping adds).
+  A step of tens of ms needs longer slices (--slice-s): at least 5 steps each.
+
 Writes reports/benchmark-<timestamp>/ (or --out): results.md, results.json and PNG plots.
 
 The code is the package fourways/benchmark/, one module per job (its __init__ lists them).

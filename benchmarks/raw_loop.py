@@ -7,6 +7,10 @@ Same data, split, initial weights, sample order (`DistributedSampler`'s permutat
 and optimizer as `simple_train.py` on one process, so its `model.pt` equals that runner's bit for
 bit; only the batching differs: one index into the whole tensor instead of a per-sample fetch and
 collate. One process, fp32, no accumulation, no progress bar, no checkpoint.
+
+Given a user's classes (--model or --data), it hands them to benchmarks/bare_loop.py, the
+leanest loop over any LightningModule: the comparison's machinery starts this script as its
+"raw" reference, and the benchmark's pairs for a user's model take the bare loop there.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from fourways.settings import init_arguments
 
 
 def main() -> None:
+    if names_classes(sys.argv[1:]):
+        import bare_loop  # beside this script, on sys.path as its folder
+
+        return bare_loop.main()
     args = arguments.task_parser("Train the task with a raw-tensor loop (benchmark reference).")
     args = args.parse_args()
     config = resume.settle_args(args, None)  # no resume: what was given, else the defaults
@@ -81,6 +89,11 @@ def main() -> None:
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     records.save_run(run_dir, record, parity.as_module_keys(model.state_dict()))
+
+
+def names_classes(argv: list[str]) -> bool:
+    """Whether the command line names a user's LightningModule or DataModule."""
+    return any(item.partition("=")[0] in ("--model", "--data") for item in argv)
 
 
 @torch.no_grad()

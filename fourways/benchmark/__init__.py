@@ -9,5 +9,6 @@ optimizer step. Each job in its own module:
     results.py    one record per run, and the statistics over repeats
     sections.py   the report's tables, text and verdicts against the targets
     plots.py      one plot per section
+    yours.py      a user's model (--model): its options, its pairs' section
     cli.py        the options, the run, results.json and results.md
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fourways import interrupts, settings
-from fourways.benchmark import plots, sections
+from fourways.benchmark import plots, sections, yours
 from fourways.benchmark.plans import SECTIONS, BenchRun, plan
 from fourways.benchmark.progress import MAX_WAIT_S, QUIET, Progress
 from fourways.benchmark.results import Results, record
@@ -34,6 +34,8 @@ RESULT_FILES = ("results.json", "results.md", *(f"{s}.png" for s in SECTIONS))
 def parse_args(argv: Sequence[str] | None, root: Path) -> argparse.Namespace:
     """The options; --out defaults to reports/benchmark-<timestamp> under `root`."""
     parser = errors.ArgumentParser(description="Measure the cost each framework adds per step.")
+    yours.add_arguments(parser)
+    argv, classes = yours.split_classes(sys.argv[1:] if argv is None else argv)
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument(
@@ -48,6 +50,7 @@ def parse_args(argv: Sequence[str] | None, root: Path) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="default: reports/benchmark-<timestamp>")
     args = parser.parse_args(argv)
+    args.yours = yours.settle(args, classes)
     if args.out is not None and (args.out / "results.json").exists():
         parser.error(f"{args.out} already holds results; choose another --out")
     if (
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None, root: Path) -> int:
     out = args.out.resolve()
     interrupts.clear_interrupted(out, SCRIPT)
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(args.sections, repeats, args.quick, out, root)
+    runs = plan(args.sections, repeats, args.quick, out, root, args.yours)
     return interrupts.guarded(
         SCRIPT, out, ("results", RESULT_FILES), runs,
         lambda: benchmark(args, argv, repeats, runs, out, root),
@@ -150,7 +153,10 @@ def report(
         "runs started on a busier machine.",
     ]
     asked = set(args.sections)
-    if "headline" in asked:
+    if "headline" in asked and args.yours is not None:
+        text += ["", "## A user's model: what each framework adds, what this project adds", ""]
+        text += [yours.headline_section(res, args.yours)]
+    elif "headline" in asked:
         body, verdicts = sections.headline_section(res, args.quick)
         plots.plot_headline(res, out / "headline.png")
         text += ["", "## What each framework costs, and what this project adds", ""]

@@ -9,6 +9,8 @@ all of them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import shlex
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +40,13 @@ HEADLINE_PAIRS = (
 # 20 of its slices; on a CPU twice as fast, 10: still twice slicing.MIN_CYCLES. One timed epoch of
 # 1000 steps filled 7 here, and would fill 3-4 on a CPU twice as fast: too few for a ratio.
 HEADLINE = {"num_samples": 40000, "epochs": 4}
+# A user's model (benchmarks/overhead.py --model): the headline's pairs become each full framework
+# runner against the full plain runner (what the framework adds for this model) and the full plain
+# runner against the bare loop (what driving a LightningModule with this project's bookkeeping
+# adds). The bare loop is benchmarks/bare_loop.py, started as the comparison's machinery starts
+# its "raw" reference: benchmarks/raw_loop.py, which hands a user's classes on to it.
+BARE = "raw"
+YOURS_PAIRS = (*((f, "torch") for f in FRAMEWORKS), ("torch", BARE))
 PROFILE_SAMPLES = {False: 64000, True: 16000}  # full run, --quick
 
 
@@ -53,6 +62,8 @@ class Point:
     epochs: int = settings.DEFAULTS.epochs
     processes: int = 1
     threads: int = 1
+    model: str = ""  # a user's classes, as every run is told them (shlex-joined); "": the task
+    epoch_steps: int = 0  # optimizer steps per epoch of a user's DataModule; 0: the task's data
 
     def config(self, **change: Any) -> Point:
         """The same configuration for another runner (or other fields): for pairing ratios."""
@@ -60,10 +71,35 @@ class Point:
 
     @property
     def key(self) -> str:
-        return (
+        key = (
             f"{self.section}/w{self.hidden_dim}-n{self.num_samples}-e{self.epochs}"
             f"-p{self.processes}-t{self.threads}"
         )
+        if self.model:  # the class's name, and a digest of its flags: a folder name
+            digest = hashlib.sha1(self.model.encode()).hexdigest()[:8]
+            key = f"{key}-{shlex.split(self.model)[1].rpartition('.')[2]}-{digest}"
+        return key
+
+
+@dataclass(frozen=True)
+class Yours:
+    """A user's LightningModule (and DataModule) for the headline: the flags every run gets
+    (LightningCLI's: --model PATH --model.NAME=VALUE ...), the size of the run, and the length
+    of a time slice (a step of tens of ms needs longer slices than the task's)."""
+
+    flags: tuple[str, ...]
+    num_samples: int  # the task's DataModule only; a user's DataModule keeps its own
+    epochs: int
+    epoch_steps: int = 0  # a user's DataModule: its optimizer steps per epoch
+    slice_s: float | None = None  # None: slicing.SLICE_S
+
+    @property
+    def own_data(self) -> bool:
+        return "--data" in self.flags
+
+    def point(self, runner: str) -> Point:
+        return Point("headline", runner, num_samples=self.num_samples, epochs=self.epochs,
+                     model=shlex.join(self.flags), epoch_steps=self.epoch_steps)  # fmt: skip
 
 
 @dataclass
@@ -72,6 +108,7 @@ class BenchRun(compare_plans.Run):
     repeat: int = 0
     busy_before: float | None = None  # share of the CPUs busy with other work at its start
     pair: str = ""  # headline: the pair it is timed in
+    slice_s: float | None = None  # headline: its time slices' length; None: slicing.SLICE_S
     windows: list[tuple[float, float]] | None = None  # sliced: when it was allowed to run
 
 
@@ -99,17 +136,23 @@ def points(section: str, quick: bool) -> list[Point]:
 
 
 def plan(
-    sections: Sequence[str], repeats: dict[str, int], quick: bool, out: Path, root: Path
+    sections: Sequence[str],
+    repeats: dict[str, int],
+    quick: bool,
+    out: Path,
+    root: Path,
+    yours: Yours | None = None,
 ) -> list[BenchRun]:
     """Each repeat runs every configuration once; runners (headline: pairs) rotate their order
-    from one repeat to the next."""
+    from one repeat to the next. With `yours`, the headline's pairs are YOURS_PAIRS on it."""
     runs = []
     for repeat in range(max(repeats[s] for s in sections)):
         for section in sections:
             if repeat >= repeats[section]:
                 continue
             if section == "headline":
-                runs += headline_runs(repeat, out, root)
+                runs += headline_runs(repeat, out, root) if yours is None else (
+                    yours_runs(yours, repeat, out, root))  # fmt: skip
                 continue
             by_config: dict[Point, list[Point]] = defaultdict(list)
             for p in points(section, quick):
@@ -130,6 +173,19 @@ def headline_runs(repeat: int, out: Path, root: Path) -> list[BenchRun]:
     ]
 
 
+def yours_runs(yours: Yours, repeat: int, out: Path, root: Path) -> list[BenchRun]:
+    """A repeat's pairs for a user's model, in an order rotated from one repeat to the next."""
+    shift = repeat % len(YOURS_PAIRS)
+    runs = [
+        run
+        for subject, reference in YOURS_PAIRS[shift:] + YOURS_PAIRS[:shift]
+        for run in pair_runs(yours.point(subject), reference, repeat, out, root)
+    ]
+    for run in runs:
+        run.slice_s = yours.slice_s
+    return runs
+
+
 def pair_runs(subject: Point, reference: str, repeat: int, out: Path, root: Path) -> list[BenchRun]:
     """The two runs of a pair, reference first, each pausing at the first step of its second
     epoch (the barrier of slicing.execute_pair)."""
@@ -146,6 +202,8 @@ def pair_name(subject: str, reference: str) -> str:
 
 
 def steps_per_epoch(point: Point) -> int:
+    if point.epoch_steps:
+        return point.epoch_steps
     num_train, _ = arguments.split_sizes(point.num_samples, settings.DEFAULTS.val_fraction)
     return num_train // settings.DEFAULTS.global_batch_size
 
@@ -166,9 +224,8 @@ def make_run(point: Point, repeat: int, out: Path, root: Path, pair: str = "") -
     return BenchRun(
         runner=point.runner,
         mode=compare_plans.Mode(point.processes),
-        settings=settings.DEFAULTS.replace(
-            epochs=point.epochs, num_samples=point.num_samples, hidden_dim=point.hidden_dim
-        ),
+        settings=run_settings(point),
+        extra_args=tuple(shlex.split(point.model)),
         run_dir=out / "runs" / where,
         log_dir=out / "logs" / where,
         threads=point.threads,
@@ -177,4 +234,19 @@ def make_run(point: Point, repeat: int, out: Path, root: Path, pair: str = "") -
         repeat=repeat,
         pair=pair,
         checkout=root,
+    )
+
+
+def run_settings(point: Point) -> settings.Settings:
+    """The task's settings for `point`; with a user's classes, the task options of each role
+    they replace left out (None): the runners refuse them beside a user's class."""
+    chosen = settings.DEFAULTS.replace(
+        epochs=point.epochs, num_samples=point.num_samples, hidden_dim=point.hidden_dim
+    )
+    if not point.model:
+        return chosen
+    flags = shlex.split(point.model)
+    roles = [role for role in ("model", "data") if f"--{role}" in flags]
+    return chosen.replace(
+        **{o.key: None for o in settings.OPTIONS if o.trainer.partition(".")[0] in roles}
     )

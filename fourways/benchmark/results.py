@@ -16,7 +16,7 @@ from typing import Any
 from fourways.benchmark import intervals
 from fourways.benchmark.plans import BenchRun, Point, pair_name
 from fourways.benchmark.profiling import read_profile
-from fourways.benchmark.slicing import paired_ratio, slice_medians
+from fourways.benchmark.slicing import SLICE_S, paired_ratio, slice_medians
 from fourways.compare import steplogs
 
 
@@ -35,6 +35,8 @@ def record(run: BenchRun, root: Path) -> dict[str, Any]:
             q = steplogs.quartiles([median for _, median in slices])
             rec |= {"step_us": q["median"] * 1e6, "step_p25_us": q["p25"] * 1e6}
             rec |= {"step_p75_us": q["p75"] * 1e6, "slices": slices}
+        if run.slice_s is not None:  # a user's model: slices of its own length
+            rec["slice_s"] = run.slice_s
     elif run.steps:
         rec["startup_s"] = run.steps["startup_s"]
         rec["threads_seen"] = run.steps["threads"]
@@ -69,11 +71,13 @@ class Results:
     def paired(self, runner: str, reference: str) -> dict[str, float] | None:
         """A headline pair's ratio (slicing.paired_ratio), one per repeat, and their spread."""
         name, slices = pair_name(runner, reference), defaultdict(dict)
+        slice_s = SLICE_S
         for rec in self.records:
             if rec.get("pair") == name and rec["ok"] and rec.get("slices"):
                 slices[rec["repeat"]][rec["runner"]] = rec["slices"]
+                slice_s = rec.get("slice_s", SLICE_S)
         values = [
-            paired_ratio(by_runner[runner], by_runner[reference])
+            paired_ratio(by_runner[runner], by_runner[reference], slice_s)
             for by_runner in slices.values()
             if len(by_runner) == 2
         ]

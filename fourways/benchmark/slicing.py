@@ -78,7 +78,7 @@ def time_by_turns(active: dict[int, BenchRun], timeout: float) -> None:
         # The time before the signal: a woken run may preempt us on its CPU and step at once.
         start = time.perf_counter()
         os.killpg(pid, signal.SIGCONT)
-        time.sleep(SLICE_S)
+        time.sleep(active[pid].slice_s or SLICE_S)
         os.killpg(pid, signal.SIGSTOP)  # a process that has just ended is a zombie: no error
         active[pid].windows.append((start, time.perf_counter()))
         if processes.reap(pid, active[pid], timeout):
@@ -102,13 +102,14 @@ def slice_medians(run: BenchRun) -> list[tuple[float, float]]:
     return slices
 
 
-def paired_ratio(run: Slices, reference: Slices) -> float | None:
+def paired_ratio(run: Slices, reference: Slices, slice_s: float = SLICE_S) -> float | None:
     """The median, over the run's slices, of its median step against the mean of the
-    reference's slices just before and just after it (a drift linear over 0.1 s cancels)."""
+    reference's slices just before and just after it (a drift linear over 2 slices cancels);
+    `slice_s`: the slices' length."""
     starts = [start for start, _ in reference]
     ratios = []
     for start, median in run:
         i = bisect.bisect(starts, start)
-        if 0 < i < len(reference) and starts[i] - starts[i - 1] < 3 * SLICE_S:
+        if 0 < i < len(reference) and starts[i] - starts[i - 1] < 3 * slice_s:
             ratios.append(median / ((reference[i - 1][1] + reference[i][1]) / 2))
     return statistics.median(ratios) if len(ratios) >= MIN_CYCLES else None
