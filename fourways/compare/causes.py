@@ -91,6 +91,22 @@ CATALOGUE: dict[str, Cause] = {
             remains="",
         ),
         Cause(
+            "shuffle",
+            "A shuffle that DDP replaces",
+            "on one device a RandomSampler orders each epoch from torch's RNG; under DDP the "
+            "Trainer, Fabric and plain DistributedSampler order it by a permutation seeded with "
+            "seed + epoch, and Accelerate shards the batches of its own draw: the steps see "
+            "other samples",
+            {
+                fw: "shuffle with a sampler that orders epoch e as DistributedSampler(seed=seed) "
+                "does (randperm seeded with seed + e, set_epoch each epoch), e.g. "
+                "fourways.task.EpochShuffleSampler"
+                for fw in FRAMEWORKS
+            },
+            fix_runs_here=True,
+            remains="",
+        ),
+        Cause(
             "uneven",
             "An uneven last batch",
             "the training set is not a whole number of global batches: DistributedSampler pads "

@@ -144,6 +144,8 @@ def causes(t: replay.Training, args: argparse.Namespace | None = None) -> list[C
         found.append(cause("rng", "one training_step changes torch's RNG state"))
     if t.processes > 1 and (name := probes.odd_sampler(loader)):
         found.append(cause("sampler", name))
+    if t.processes > 1 and (shuffle := probes.global_shuffle(loader)):
+        found.append(cause("shuffle", shuffle))
     if uneven := probes.uneven_last_batch(len(loader.dataset), global_batch(data, loader, t)):
         found.append(cause("uneven", uneven))
     if reduction := probes.loss_reduction(module, batch):

@@ -39,6 +39,16 @@ def odd_sampler(loader: DataLoader) -> str | None:
     return f"{type(sampler).__module__}.{type(sampler).__qualname__}"
 
 
+def global_shuffle(loader: DataLoader) -> str | None:
+    """A RandomSampler without set_epoch: one device orders each epoch from torch's global RNG
+    (or the sampler's generator), where DDP's DistributedSampler orders it from seed + epoch."""
+    sampler = loader.sampler
+    if not isinstance(sampler, RandomSampler) or hasattr(sampler, "set_epoch"):
+        return None
+    source = "its own generator" if sampler.generator is not None else "torch's global RNG"
+    return f"{type(sampler).__qualname__} drawing from {source}"
+
+
 def uneven_last_batch(train_samples: int, global_batch: int) -> str | None:
     """The last step's samples when the training set is not a whole number of global batches."""
     rest = train_samples % global_batch
