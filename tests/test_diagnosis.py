@@ -57,6 +57,13 @@ class WithDropout(Clean):
         return nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Dropout(0.5), nn.Linear(width, 2))
 
 
+class Noise(Clean):
+    """A loss of one random draw a step, whatever the batch: every process draws the same."""
+
+    def training_step(self, batch, batch_idx):
+        return self.net[0].bias.sum() * torch.rand(())
+
+
 class SummedLoss(Clean):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, reduction="sum")
@@ -227,6 +234,11 @@ def test_float64_replays_of_a_batchnorm_model_part_at_the_first_step():
 def test_a_summed_loss_and_per_process_masks_part_too(model):
     found = diagnosis.replay_divergence(training(model), training(model, processes=1))
     assert found is not None and found.step == 1 and found.kind == "parameter"
+
+
+def test_each_replayed_process_draws_from_the_same_seed():
+    """As N processes seeded alike: rank 1 draws rank 0's numbers, not the ones after them."""
+    assert diagnosis.replay_divergence(training("Noise"), training("Noise", processes=1)) is None
 
 
 def test_a_global_rng_shuffle_parts_from_one_device():
