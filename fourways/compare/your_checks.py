@@ -1,0 +1,188 @@
+"""The checks and the verdict when compare.py trains a user's model (--model/--data).
+
+parity.replay replays the task's MLP only, so the rule changes with a user's model:
+- runs of plain PyTorch's grouping (the Trainer, Fabric; Accelerate on one process) must equal
+  plain PyTorch's weights bit for bit in the same mode; where not, their traces (each run records
+  its weights after every step: driving.trace) say at which step and in which layer they part;
+- another grouping (Accelerate on several processes) or process count must train what one
+  device trains: its float64 replay (driving.replay) within parity.SAME_SAMPLES_FLOAT64_TOL of one
+  device's, where rounding would leave them; where not, the replays say where they part;
+- the verdict of each mode lists the causes found in the model and data (diagnosis.causes, and
+  the learning rates of the traces), each with its fix in every framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fourways import parity
+from fourways.compare import diagnosis, yours
+from fourways.compare.causes import Cause
+from fourways.compare.checks import fmt_diff, load_weights
+from fourways.compare.plans import REFERENCE, Mode, Run
+from fourways.driving import replay
+from fourways.driving.trace import Trace
+
+RULE = (
+    "With your model, a run agrees when its weights equal plain PyTorch's bit for bit in the same "
+    "mode (same grouping of the samples), and when its grouping and process count train what one "
+    f"device trains: computed in float64 within {parity.SAME_SAMPLES_FLOAT64_TOL:g} of one "
+    "device (rounding stays far below it)."
+)
+
+
+@dataclass
+class ModeVerdict:
+    """What a mode's float64 replays and probes found."""
+
+    mode: Mode
+    parts: dict[str, diagnosis.Divergence] = field(default_factory=dict)  # grouping -> where
+    causes: list[Cause] = field(default_factory=list)
+    unchecked: str = ""  # why the replay could not run, if it could not
+
+
+def training(run: Run, processes: int, accumulate: int, grouping: str) -> replay.Training:
+    """The training of `run`'s classes and seed on `processes` x `accumulate`."""
+    assert run.model is not None and run.data is not None
+    data = run.data
+    if not data.is_task and yours.takes_batch_size(data):
+        per_process = run.settings.global_batch_size // (processes * accumulate)
+        data = replay.with_batch_size(data, per_process)
+    s = run.settings
+    return replay.Training(run.model, data, s.seed, s.epochs, processes, accumulate, grouping)
+
+
+class Replays:
+    """float64 replays with their per-step weights, each computed once."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Trace] = {}
+
+    def get(self, run: Run, t: replay.Training) -> Trace:
+        key = repr(t)
+        if key not in self.cache:
+            args = replay.task_args(run.settings)
+            self.cache[key] = diagnosis.replay_trace(t, run.threads, args)
+        return self.cache[key]
+
+
+def parameter_names(run: Run) -> set[str]:
+    module, _ = replay.build(
+        training(run, 1, 1, parity.INTERLEAVED), replay.task_args(run.settings)
+    )
+    return {name for name, _ in module.named_parameters()}
+
+
+def where_traces(run: Run, reference: Run) -> str:
+    """Where `run` parts from plain PyTorch's run, bitwise, from their traces."""
+    if not (run.trace.exists() and reference.trace.exists()):
+        return "no weight trace to say where (the runner did not record FOURWAYS_TRACE)"
+    found = diagnosis.first_divergence(
+        Trace.load(run.trace), Trace.load(reference.trace), 0.0, parameter_names(run)
+    )
+    if found is None:
+        return "their traces agree at every recorded step"
+    return found.line(f"{run.runner} and {reference.runner}")
+
+
+def check_your_runs(runs: Sequence[Run]) -> list[ModeVerdict]:
+    """Each mode's runs against plain PyTorch's (bitwise), and each grouping against one device
+    in float64; sets each run's problems, distances and `where`."""
+    replays, verdicts = Replays(), []
+    for mode in dict.fromkeys(r.mode for r in runs):
+        group = [r for r in runs if r.mode == mode and r.ok]
+        for run in group:
+            run.problems = []
+        if group:
+            verdicts.append(check_mode(mode, group, replays))
+    return verdicts
+
+
+def check_mode(mode: Mode, group: list[Run], replays: Replays) -> ModeVerdict:
+    result = ModeVerdict(mode)
+    reference = next((r for r in group if r.runner == REFERENCE), None)
+    if reference is not None:
+        against_reference(group, reference, result)
+    try:
+        against_one_device(mode, group, replays, result)
+        result.causes = (
+            diagnosis.causes(
+                training(group[0], mode.processes, mode.accumulate, parity.INTERLEAVED),
+                replay.task_args(group[0].settings),
+            )
+            + result.causes
+        )
+    except ValueError as err:  # a model the replay does not cover (manual optimization, ...)
+        result.unchecked = f"{mode.label}: not replayed: {err}"
+    return result
+
+
+def against_reference(group: list[Run], reference: Run, result: ModeVerdict) -> None:
+    ref = load_weights(reference)
+    n = result.mode.processes
+    for run in group:
+        weights = load_weights(run)
+        run.max_weight_diff = parity.max_abs_diff(weights, ref)
+        if run is reference or parity.grouping_of(run.runner, n) != parity.INTERLEAVED:
+            continue
+        if not parity.bitwise_equal(weights, ref):
+            run.where = where_traces(run, reference)
+            assert run.problems is not None
+            run.problems.append(
+                f"weights differ from plain PyTorch's by {fmt_diff(run.max_weight_diff)} in the "
+                f"same grouping (they must be equal bit for bit): {run.where}"
+            )
+        if run.trace.exists() and reference.trace.exists():
+            names = (run.runner, reference.runner)
+            ours, theirs = Trace.load(run.trace), Trace.load(reference.trace)
+            found = diagnosis.scheduler_cause(ours, theirs, names)
+            if found and found not in result.causes:
+                result.causes.append(found)
+
+
+def against_one_device(mode: Mode, group: list[Run], replays: Replays, result: ModeVerdict) -> None:
+    """Each grouping in this mode, in float64, against one device with the whole batch."""
+    if mode.processes * mode.accumulate == 1:
+        return
+    one = replays.get(group[0], training(group[0], 1, 1, parity.INTERLEAVED))
+    names = parameter_names(group[0])
+    for grouping in dict.fromkeys(parity.grouping_of(r.runner, mode.processes) for r in group):
+        runs = [r for r in group if parity.grouping_of(r.runner, mode.processes) == grouping]
+        t = training(runs[0], mode.processes, mode.accumulate, grouping)
+        own = replays.get(runs[0], t)
+        gap = parity.max_abs_diff(own.weights(own.steps[-1]), one.weights(one.steps[-1]))
+        found = diagnosis.first_divergence(own, one, parity.SAME_SAMPLES_FLOAT64_TOL, names)
+        for run in runs:
+            run.float64_gap = gap
+            if found is not None:
+                assert run.problems is not None
+                run.problems.append(
+                    found.line(f"in float64, its grouping ({grouping}) and one device")
+                )
+        if found is not None:
+            result.parts[grouping] = found
+
+
+def verdict(runs: Sequence[Run], verdicts: Sequence[ModeVerdict]) -> tuple[bool, list[str]]:
+    """Whether every run agrees; the lines that say so, and where and why not."""
+    failed = [r for r in runs if not r.ok]
+    lines = [RULE]
+    lines += [f"FAILED: {r.name} exited with status {r.exit_code}; see {r.log_dir}" for r in failed]
+    lines += [f"DISAGREE: {r.name}: {p}" for r in runs for p in r.problems or []]
+    for v in verdicts:
+        if v.unchecked:
+            lines.append(v.unchecked)
+        for c in v.causes:
+            first, *rest = c.lines()
+            lines += [f"{v.mode.label}: cause: {first}", *rest]
+    off = [r for r in runs if r.problems]
+    agree = not failed and not off and not any(v.unchecked for v in verdicts)
+    checked = sum(r.agrees is True for r in runs)
+    if agree:
+        lines.append(f"AGREE: all {checked} runs train what plain PyTorch and one device train.")
+    else:
+        lines.append(
+            "The runners do NOT agree." if failed or off else "Not every mode was checked."
+        )
+    return agree, lines
