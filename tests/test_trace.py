@@ -56,7 +56,7 @@ def test_a_large_model_is_not_recorded(monkeypatch, tmp_path, capsys):
 
 
 def test_recording_stops_at_the_memory_cap(monkeypatch, tmp_path):
-    monkeypatch.setattr(trace, "MAX_RECORDED_VALUES", 50)
+    monkeypatch.setattr(trace, "MAX_RECORDED_BYTES", 200)  # 20 float32 values a record
     recorder = trace.WeightTrace(tmp_path / "t.pt")
     model = nn.Linear(4, 4)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)

@@ -18,8 +18,8 @@ The file (torch.save; tensors and plain values only, `torch.load(path, weights_o
      "skipped": str | None}                     # why recording stopped early, if it did
 
 Unset, it costs nothing. A model over MAX_PARAMETERS values is not recorded (one warning line), so
-large cost runs are not slowed; recording also stops (one warning line) once MAX_RECORDED_VALUES
-values are held.
+large cost runs are not slowed; recording also stops (one warning line) once MAX_RECORDED_BYTES
+are held.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 TRACE_ENV = "FOURWAYS_TRACE"
 FORMAT = 1
 MAX_PARAMETERS = 4_000_000  # values in one state_dict
-MAX_RECORDED_VALUES = 64_000_000  # over the whole run (256 MiB in float32)
+MAX_RECORDED_BYTES = 256 * 2**20  # over the whole run
 
 
 def recorder(rank: int) -> WeightTrace | None:
@@ -66,12 +66,14 @@ class WeightTrace:
         if self.skipped is not None:
             return
         state = module.state_dict()
-        size = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+        tensors = [t for t in state.values() if torch.is_tensor(t)]
+        size = sum(t.numel() for t in tensors)
         if size > MAX_PARAMETERS:
             return self.skip(f"{size} values per state_dict (> {MAX_PARAMETERS}): not recorded")
-        if self.held + size > MAX_RECORDED_VALUES:
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        if self.held + nbytes > MAX_RECORDED_BYTES:
             return self.skip(f"recording stopped after step {self.steps[-1]} (memory cap)")
-        self.held += size
+        self.held += nbytes
         self.steps.append(int(step))
         self.lrs.append([float(group["lr"]) for group in optimizer.param_groups])
         self.states.append(
