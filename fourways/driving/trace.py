@@ -72,7 +72,8 @@ class WeightTrace:
             return self.skip(f"{size} values per state_dict (> {MAX_PARAMETERS}): not recorded")
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         if self.held + nbytes > MAX_RECORDED_BYTES:
-            return self.skip(f"recording stopped after step {self.steps[-1]} (memory cap)")
+            last = self.steps[-1] if self.steps else "none"
+            return self.skip(f"recording stopped after step {last} (memory cap)")
         self.held += nbytes
         self.steps.append(int(step))
         self.lrs.append([float(group["lr"]) for group in optimizer.param_groups])
