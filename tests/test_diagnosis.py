@@ -76,6 +76,14 @@ class StepScheduled(Clean):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
 
 
+class EveryOtherBatch(Clean):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+        halve = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+        config = {"scheduler": halve, "interval": "step", "frequency": 2}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
 class EpochScheduled(Clean):
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
@@ -273,3 +281,16 @@ def test_the_replay_steps_the_scheduler_as_the_trainer_does(model, expected):
     else:  # halved after each epoch's last step only
         assert lrs[:4] == [0.05] * 4 and lrs[4] == pytest.approx(0.025) and lrs[8] == 0.0125
     assert expected
+
+
+@pytest.mark.parametrize(("accumulate", "halvings"), [(1, [0, 0, 1, 1, 2]), (2, [0, 1, 2, 3, 4])])
+def test_the_scheduler_frequency_counts_micro_batches_as_the_trainer_does(accumulate, halvings):
+    """Lightning: step when (batch_idx + 1) % frequency == 0, batch_idx the micro-batch's index in
+    its epoch; with 2 micro-batches a step, frequency 2 steps it after every optimizer step."""
+    recorded = WeightTrace(None)
+    t = replay.Training(
+        **{**vars(training("EveryOtherBatch", processes=1)), "accumulate": accumulate}
+    )
+    replay.replay(t, trace=recorded)
+    lrs = [lr for (lr,) in Trace.of(recorded).lrs][:5]
+    assert lrs == [0.05 * 0.5**h for h in halvings]

@@ -207,8 +207,10 @@ class Replayer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        # The Trainer's rule: frequency counts the epoch's micro-batches, up to this step's last
+        batches = min((group + 1) * k, len(per_rank[0]))
         for config in self.schedulers:
-            if config.interval == "step" and self.step % config.frequency == 0:
+            if config.interval == "step" and batches % config.frequency == 0:
                 config.scheduler.step()
 
     def epoch(self, epoch: int, trace: WeightTrace | None) -> None:
