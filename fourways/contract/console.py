@@ -10,10 +10,10 @@ T = TypeVar("T")
 
 
 def epoch_line(epoch: int, metrics: dict[str, float]) -> str:
-    return (
-        f"epoch {epoch}  train_loss {metrics['train_loss']:.4f}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}"
-    )
+    """The epoch's metrics (train loss first, then what the module logged), not its timing."""
+    shown = {"train_loss": metrics["train_loss"], **metrics}
+    values = "  ".join(f"{name} {value:.4f}" for name, value in shown.items() if name != "epoch_s")
+    return f"epoch {epoch}  {values}"
 
 
 def on_terminal() -> bool:

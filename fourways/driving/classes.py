@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ import lightning as L
 from jsonargparse import ArgumentParser
 
 from fourways import settings
+from fourways.contract import resume
 from fourways.contract.errors import UsageError
 
 # The task's own classes (the checkout's top-level modules): what --model and --data default to.
@@ -112,24 +114,53 @@ def check_init_args(role: str, cls: type, given: list[str]) -> dict[str, Any]:
     return {key: value for key, value in vars(parsed).items() if value is not None}
 
 
-def choose(role: str, path: str | None, given: list[str], args: argparse.Namespace) -> Choice:
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """A hand-written runner's arguments, its classes' init arguments (`args.init`, per role,
+    as `--NAME=VALUE`) and the task options given explicitly (`args.task_flags`)."""
+    add_arguments(parser)
+    rest, init = split_argv(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    args.init = init
+    args.task_flags = [o.flag for o in settings.OPTIONS if getattr(args, o.dest) is not None]
+    return args
+
+
+def given(args: argparse.Namespace) -> list[resume.Given]:
+    """The classes and their init arguments as entries of the run's recorded configuration: left
+    out of a resume, they are the checkpoint's; given differently, refused."""
+    entries = []
+    for role, (default, _) in ROLES.items():
+        entries.append(resume.Given(role, f"--{role}", getattr(args, role), default))
+        init = args.init[role] or None
+        entries.append(resume.Given(f"{role}_init_args", f"--{role}.NAME", init, []))
+    return entries
+
+
+def chosen(config: dict[str, Any], args: argparse.Namespace) -> tuple[Choice, Choice]:
+    """The model and the data the run's configuration names, checked (one line if unfit)."""
+    model, data = (
+        choose(role, config[role], config[f"{role}_init_args"], args.task_flags) for role in ROLES
+    )
+    return model, data
+
+
+def choose(role: str, path: str, given: list[str], task_flags: list[str]) -> Choice:
     """The class for `role` and its init arguments. The task's class takes the task's options
     (--hidden-dim, ...); a user's class takes only --ROLE.NAME arguments, and a task option given
     with it is refused (it would be silently ignored)."""
-    path = path or ROLES[role][0]
     cls = import_class(role, path)
-    choice = Choice(role, path, tuple(given), check_init_args(role, cls, given))
+    choice = Choice(role, path, tuple(given), check_init_args(role, cls, list(given)))
     task_options = [o for o in settings.OPTIONS if o.trainer.startswith(f"{role}.")]
     if choice.is_task:
         if given:  # every init argument of the task's classes is a task option
             flags = ", ".join(o.flag for o in task_options)
-            raise UsageError(f"{given[0]}: the task's {role} takes the task's options ({flags})")
+            raise UsageError(f"--{role}.{given[0][2:]}: the task's {role} takes the task's "
+                             f"options ({flags})")  # fmt: skip
         return choice
     for option in task_options:
-        if getattr(args, option.dest, None) is not None:
+        if option.flag in task_flags:
             raise UsageError(
-                f"{option.flag} sets the task's {role}; {path} takes its own as "
-                f"--{role}.NAME VALUE"
+                f"{option.flag} sets the task's {role}; {path} takes its own as --{role}.NAME VALUE"
             )
     return choice
 
@@ -143,11 +174,6 @@ def build(choice: Choice, args: argparse.Namespace) -> Any:
     return cls(**choice.init_args)
 
 
-def unused_task_keys(model: Choice, data: Choice) -> set[str]:
-    """Settings that a user's class does not take: left out of the run's recorded configuration."""
-    return {
-        o.key
-        for o in settings.OPTIONS
-        for choice in (model, data)
-        if not choice.is_task and o.trainer.startswith(f"{choice.role}.")
-    }
+def name(choice: Choice) -> str:
+    """The class's name, as the refusals say it."""
+    return choice.path.rpartition(".")[2]
