@@ -21,6 +21,7 @@ from fourways.compare import diagnosis, yours
 from fourways.compare.causes import Cause
 from fourways.compare.checks import fmt_diff, load_weights
 from fourways.compare.plans import REFERENCE, Mode, Run
+from fourways.contract.errors import UsageError
 from fourways.driving import replay
 from fourways.driving.trace import Trace
 
@@ -113,7 +114,7 @@ def check_mode(mode: Mode, group: list[Run], replays: Replays) -> ModeVerdict:
             )
             + result.causes
         )
-    except ValueError as err:  # a model the replay does not cover (manual optimization, ...)
+    except (ValueError, UsageError) as err:  # a model the replay does not cover
         result.unchecked = f"{mode.label}: not replayed: {err}"
     return result
 

@@ -10,7 +10,8 @@ What each rank does is what it does in a real run: its own micro-batches (parity
 DistributedSampler's interleaving, or Accelerate's whole batches dealt round-robin), its own
 copy of torch's global RNG (every process seeds the same), the loss divided by K, DDP's gradient
 combination (parity.all_reduce_mean). The scheduler steps as the Trainer steps it: an interval
-"step" scheduler right after each optimizer step, an "epoch" one after the epoch's last.
+"step" scheduler right after each optimizer step, an "epoch" one after the epoch's last
+(requirements.Optimization, the runners' own rule).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from fourways import parity, settings
-from fourways.driving import classes
+from fourways.driving import classes, requirements
 from fourways.driving.trace import WeightTrace
 
 
@@ -87,22 +88,10 @@ def build(t: Training, args: argparse.Namespace | None = None) -> tuple[Any, Any
     return module, data
 
 
-def optimizer_and_schedulers(module: L.LightningModule) -> tuple[torch.optim.Optimizer, list]:
-    """configure_optimizers in any of Lightning's return forms: one optimizer, its schedulers."""
-    from lightning.pytorch.core.optimizer import (
-        _configure_optimizers,
-        _configure_schedulers_automatic_opt,
-    )
-
-    if not module.automatic_optimization:
-        raise ValueError("manual optimization is not replayed")
-    optimizers, schedulers, monitor = _configure_optimizers(module.configure_optimizers())
-    if len(optimizers) != 1:
-        raise ValueError(f"{len(optimizers)} optimizers: one is replayed")
-    configs = _configure_schedulers_automatic_opt(schedulers, monitor)
-    if any(c.reduce_on_plateau for c in configs):
-        raise ValueError("ReduceLROnPlateau steps on a logged metric: not replayed")
-    return optimizers[0], configs
+def optimization(module: L.LightningModule, name: str) -> requirements.Optimization:
+    """The module checked as the runners check it, and its one optimizer and scheduler."""
+    requirements.check_module(module, name)
+    return requirements.configure(module, name)
 
 
 def is_random(sampler: Any) -> bool:
@@ -167,7 +156,8 @@ class Replayer:
         self.module, self.data = build(t, args)
         self.module.to(dtype)
         self.module.train()
-        self.optimizer, self.schedulers = optimizer_and_schedulers(self.module)
+        self.optimization = optimization(self.module, t.model.path)
+        self.optimizer = self.optimization.optimizer
         self.loader = self.data.train_dataloader()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.rng = [torch.get_rng_state() for _ in range(t.processes)]  # the same seed in each
@@ -208,10 +198,7 @@ class Replayer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         # The Trainer's rule: frequency counts the epoch's micro-batches, up to this step's last
-        batches = min((group + 1) * k, len(per_rank[0]))
-        for config in self.schedulers:
-            if config.interval == "step" and batches % config.frequency == 0:
-                config.scheduler.step()
+        self.optimization.step_scheduler("step", min((group + 1) * k, len(per_rank[0])) - 1)
 
     def epoch(self, epoch: int, trace: WeightTrace | None) -> None:
         per_rank = epoch_indices(self.loader, self.t, epoch)
@@ -219,9 +206,7 @@ class Replayer:
         for group in range(groups):
             self.optimizer_step(per_rank, group)
             if group == groups - 1:
-                for config in self.schedulers:
-                    if config.interval == "epoch" and (epoch + 1) % config.frequency == 0:
-                        config.scheduler.step()
+                self.optimization.step_scheduler("epoch", epoch)
             if trace is not None:
                 trace.record(self.step, self.module, self.optimizer)
 
