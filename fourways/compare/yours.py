@@ -117,5 +117,10 @@ def without_task_options(
 ) -> settings.Settings:
     """The settings a run is told with these classes: the task's options for a user's class
     left out (None: settings.flags skips them), the global batch too for a user's DataModule."""
-    unused = classes.unused_task_keys(model, data)
+    unused = {
+        o.key
+        for o in settings.OPTIONS
+        for choice in (model, data)
+        if not choice.is_task and o.trainer.startswith(f"{choice.role}.")
+    }
     return s.replace(**dict.fromkeys(unused, None))
