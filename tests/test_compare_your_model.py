@@ -88,7 +88,7 @@ def test_the_task_path_passes_no_model_flags_and_records_no_trace():
         assert TRACE_ENV not in run.env
 
 
-def fake_runs(tmp_path: Path, nudge_fabric_at: int | None = None) -> list[Run]:
+def fake_runs(tmp_path: Path, nudge_fabric_at: int | None = None, lr_from: int = 0) -> list[Run]:
     """torch and fabric runs of WarmupMLP on one process, written from the float32 replay."""
     args = parse("--model", WARMUP, "--runners", "torch", "fabric", "--epochs", "1",
                  "--num-samples", "160")  # fmt: skip
@@ -102,6 +102,9 @@ def fake_runs(tmp_path: Path, nudge_fabric_at: int | None = None) -> list[Run]:
             for state in recorded.states[nudge_fabric_at:]:
                 state["net.2.bias"] = state["net.2.bias"] + 1e-3
             final = dict(recorded.states[-1])
+        if run.runner == "fabric" and lr_from:  # a scheduler stepped at another interval
+            for lrs in recorded.lrs[lr_from:]:
+                lrs[0] *= 2
         run.run_dir.mkdir(parents=True)
         torch.save(final, run.run_dir / "model.pt")
         recorded.save()
@@ -121,6 +124,14 @@ def test_a_run_that_parts_says_where(tmp_path):
     assert not agree
     (line,) = [x for x in lines if x.startswith("DISAGREE: fabric")]
     assert "after optimizer step 3, most in layer net.2 (parameter net.2.bias" in line, line
+
+
+def test_a_run_whose_learning_rates_part_names_the_scheduler(tmp_path):
+    runs = fake_runs(tmp_path, lr_from=2)
+    agree, lines = your_checks.verdict(runs, your_checks.check_your_runs(runs))
+    assert not agree
+    assert any(x.startswith("DISAGREE: fabric (1 process): its learning rates part") for x in lines)
+    assert any("cause: A scheduler stepped at another interval (after step 2:" in x for x in lines)
 
 
 def report_of(out: Path) -> dict:

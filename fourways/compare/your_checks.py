@@ -120,26 +120,35 @@ def check_mode(mode: Mode, group: list[Run], replays: Replays) -> ModeVerdict:
 
 
 def against_reference(group: list[Run], reference: Run, result: ModeVerdict) -> None:
+    """Each run against plain PyTorch's: bitwise in its grouping; the learning rates in any."""
     ref = load_weights(reference)
-    n = result.mode.processes
     for run in group:
+        if run is reference:
+            continue
         weights = load_weights(run)
         run.max_weight_diff = parity.max_abs_diff(weights, ref)
-        if run is reference or parity.grouping_of(run.runner, n) != parity.INTERLEAVED:
-            continue
-        if not parity.bitwise_equal(weights, ref):
+        if scheduler := lr_cause(run, reference):  # the rates never depend on the grouping
+            assert run.problems is not None
+            run.problems.append(f"its learning rates part from plain PyTorch's {scheduler.detail}")
+            if scheduler not in result.causes:
+                result.causes.append(scheduler)
+        same_grouping = parity.grouping_of(run.runner, result.mode.processes) == parity.INTERLEAVED
+        if same_grouping and not parity.bitwise_equal(weights, ref):
             run.where = where_traces(run, reference)
             assert run.problems is not None
             run.problems.append(
                 f"weights differ from plain PyTorch's by {fmt_diff(run.max_weight_diff)} in the "
                 f"same grouping (they must be equal bit for bit): {run.where}"
             )
-        if run.trace.exists() and reference.trace.exists():
-            names = (run.runner, reference.runner)
-            ours, theirs = Trace.load(run.trace), Trace.load(reference.trace)
-            found = diagnosis.scheduler_cause(ours, theirs, names)
-            if found and found not in result.causes:
-                result.causes.append(found)
+    reference.max_weight_diff = 0.0
+
+
+def lr_cause(run: Run, reference: Run) -> Cause | None:
+    """Cause (e), when both runs left a trace: their learning rates part at some step."""
+    if not (run.trace.exists() and reference.trace.exists()):
+        return None
+    ours, theirs = Trace.load(run.trace), Trace.load(reference.trace)
+    return diagnosis.scheduler_cause(ours, theirs, (run.runner, reference.runner))
 
 
 def against_one_device(mode: Mode, group: list[Run], replays: Replays, result: ModeVerdict) -> None:
