@@ -58,10 +58,15 @@ class WithDropout(Clean):
 
 
 class Noise(Clean):
-    """A loss of one random draw a step, whatever the batch: every process draws the same."""
+    """Draws one random number a training_step, and keeps it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws: list[float] = []
 
     def training_step(self, batch, batch_idx):
-        return self.net[0].bias.sum() * torch.rand(())
+        self.draws.append(torch.rand(()).item())
+        return super().training_step(batch, batch_idx)
 
 
 class SummedLoss(Clean):
@@ -246,7 +251,11 @@ def test_a_summed_loss_and_per_process_masks_part_too(model):
 
 def test_each_replayed_process_draws_from_the_same_seed():
     """As N processes seeded alike: rank 1 draws rank 0's numbers, not the ones after them."""
-    assert diagnosis.replay_divergence(training("Noise"), training("Noise", processes=1)) is None
+    replayer = replay.Replayer(training("Noise"), torch.float32, None)
+    with replay.silenced(replayer.module):
+        replayer.epoch(0, None)
+    draws = replayer.module.draws  # rank 0's, rank 1's, for each of the epoch's 4 steps
+    assert len(draws) == 8 and draws[0::2] == draws[1::2] and len(set(draws)) == 4
 
 
 def test_a_global_rng_shuffle_parts_from_one_device():
@@ -294,3 +303,49 @@ def test_the_scheduler_frequency_counts_micro_batches_as_the_trainer_does(accumu
     replay.replay(t, trace=recorded)
     lrs = [lr for (lr,) in Trace.of(recorded).lrs][:5]
     assert lrs == [0.05 * 0.5**h for h in halvings]
+
+
+TRAINER_SCRIPT = """
+import sys, warnings
+import lightning as L, torch
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+from datamodule import TaskDataModule
+from examples.batchnorm_dropout import BatchNormDropoutMLP
+L.seed_everything(42, verbose=False)
+model, data = BatchNormDropoutMLP(), TaskDataModule(num_samples=320)
+trainer = L.Trainer(accelerator="cpu", devices=int(sys.argv[1]), max_epochs=2, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+trainer.fit(model, data)
+if trainer.global_rank == 0:
+    torch.save(model.state_dict(), sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_replay_is_the_trainers_training_bit_for_bit(tmp_path, processes):
+    """BatchNorm and Dropout, 1 device and DDP on 2 processes: the replay's per-process batches,
+    RNG streams (the Trainer re-seeds under DDP) and buffers are the Trainer's own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script, out = tmp_path / "fit.py", tmp_path / "model.pt"
+    script.write_text(TRAINER_SCRIPT)
+    port = {"MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)} | port
+    cmd = [sys.executable, str(script), str(processes), str(out)]
+    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    t = replay.Training(
+        classes.Choice("model", "examples.batchnorm_dropout.BatchNormDropoutMLP"),
+        classes.Choice("data", classes.TASK_DATA),
+        seed=42,
+        epochs=2,
+        processes=processes,
+    )
+    replayed = replay.replay(t, args=replay.task_args(parity.Setup(num_samples=320)))
+    assert parity.bitwise_equal(torch.load(out, weights_only=True), replayed)

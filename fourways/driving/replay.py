@@ -8,10 +8,12 @@ split (BatchNorm's per-process statistics, per-process random masks, a summed lo
 
 What each rank does is what it does in a real run: its own micro-batches (parity's groupings:
 DistributedSampler's interleaving, or Accelerate's whole batches dealt round-robin), its own
-copy of torch's global RNG (every process seeds the same), the loss divided by K, DDP's gradient
-combination (parity.all_reduce_mean). The scheduler steps as the Trainer steps it: an interval
-"step" scheduler right after each optimizer step, an "epoch" one after the epoch's last
-(requirements.Optimization, the runners' own rule).
+copy of torch's global RNG (every process seeds the same: the Trainer's stream, see `build`), what
+each `iter(DataLoader)` draws from it, the loss divided by K, DDP's gradient combination
+(parity.all_reduce_mean). On one device and on two processes it equals the Trainer's weights bit
+for bit (WarmupMLP, BatchNormDropoutMLP: measured). The scheduler steps as the Trainer steps it:
+an interval "step" scheduler right after each optimizer step, an "epoch" one after the epoch's
+last (requirements.Optimization, the runners' own rule).
 """
 
 from __future__ import annotations
@@ -77,12 +79,19 @@ def silenced(module: L.LightningModule) -> Iterator[None]:
 
 
 def build(t: Training, args: argparse.Namespace | None = None) -> tuple[Any, Any]:
-    """Seed, then the module and the DataModule (set up for fit), as every runner builds them."""
+    """Seed, then the module and the DataModule (set up for fit), as the Trainer builds them.
+
+    Under DDP the Trainer seeds again once the process group is up (lightning's `reset_seed`
+    in DDPStrategy.setup_distributed), after the classes are built and before their `setup`:
+    so does this, on more than one process (it moves what training_step draws)."""
     args = args or task_args()
     L.seed_everything(t.seed, verbose=False)
     module = classes.build(t.model, args)
     data = classes.build(t.data, args)
+    if t.processes > 1:
+        L.seed_everything(t.seed, verbose=False)
     data.setup("fit")
+    module.setup("fit")
     if hasattr(data, "set_micro_batch_size"):  # the task's: a global batch, split here
         data.set_micro_batch_size(t.processes, t.accumulate)
     return module, data
@@ -162,6 +171,8 @@ class Replayer:
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.rng = [torch.get_rng_state() for _ in range(t.processes)]  # the same seed in each
         self.step = 0
+        base = L.LightningDataModule.val_dataloader
+        self.validates = getattr(type(self.data), "val_dataloader", base) is not base
 
     def rank_grads(
         self, rank: int, micro: list[list[int]], first: int
@@ -200,8 +211,20 @@ class Replayer:
         # The Trainer's rule: frequency counts the epoch's micro-batches, up to this step's last
         self.optimization.step_scheduler("step", min((group + 1) * k, len(per_rank[0])) - 1)
 
+    def loader_draws(self, epoch: int | None) -> list[list[list[int]]]:
+        """What each process's `iter(DataLoader)` draws from its RNG: the loader's base seed,
+        then (for the training loader, `epoch` given) its sampler's order; rank 0's order."""
+        orders = []
+        for rank in range(self.t.processes):
+            torch.set_rng_state(self.rng[rank])
+            torch.empty((), dtype=torch.int64).random_()  # _BaseDataLoaderIter's base seed
+            if epoch is not None:
+                orders.append(epoch_indices(self.loader, self.t, epoch))
+            self.rng[rank] = torch.get_rng_state()
+        return orders[0] if orders else []
+
     def epoch(self, epoch: int, trace: WeightTrace | None) -> None:
-        per_rank = epoch_indices(self.loader, self.t, epoch)
+        per_rank = self.loader_draws(epoch)
         groups = math.ceil(len(per_rank[0]) / self.t.accumulate)
         for group in range(groups):
             self.optimizer_step(per_rank, group)
@@ -209,6 +232,8 @@ class Replayer:
                 self.optimization.step_scheduler("epoch", epoch)
             if trace is not None:
                 trace.record(self.step, self.module, self.optimizer)
+        if self.validates:
+            self.loader_draws(None)  # the validation loader's iter, after the epoch's last step
 
 
 def replay(
