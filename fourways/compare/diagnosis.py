@@ -102,10 +102,15 @@ def scheduler_cause(a: Trace, b: Trace, names: tuple[str, str]) -> Cause | None:
     return cause("scheduler", f"after step {step}: {names[0]} lr {lr_a}, {names[1]} lr {lr_b}")
 
 
-def replay_trace(t: replay.Training, threads: int, args: argparse.Namespace | None) -> Trace:
-    """The float64 replay of `t`, with its weights after every step."""
+def replay_trace(
+    t: replay.Training,
+    threads: int,
+    args: argparse.Namespace | None,
+    dtype: torch.dtype = torch.float64,
+) -> Trace:
+    """The replay of `t` (float64 by default), with its weights after every step."""
     recorded = WeightTrace(None)  # type: ignore[arg-type]  # held in memory, never saved
-    replay.replay(t, torch.float64, num_threads=threads, trace=recorded, args=args)
+    replay.replay(t, dtype, num_threads=threads, trace=recorded, args=args)
     return Trace.of(recorded)
 
 

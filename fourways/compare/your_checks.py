@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from fourways import parity
 from fourways.compare import diagnosis, yours
 from fourways.compare.causes import Cause
@@ -60,12 +62,27 @@ class Replays:
     def __init__(self) -> None:
         self.cache: dict[str, Trace] = {}
 
-    def get(self, run: Run, t: replay.Training) -> Trace:
-        key = repr(t)
+    def get(self, run: Run, t: replay.Training, dtype: torch.dtype = torch.float64) -> Trace:
+        key = repr((t, dtype))
         if key not in self.cache:
             args = replay.task_args(run.settings)
-            self.cache[key] = diagnosis.replay_trace(t, run.threads, args)
+            self.cache[key] = diagnosis.replay_trace(t, run.threads, args, dtype)
         return self.cache[key]
+
+
+def final(trace: Trace) -> dict[str, torch.Tensor]:
+    return trace.weights(trace.steps[-1])
+
+
+def against_own_replay(group: list[Run], replays: Replays) -> None:
+    """Each fp32 run's distance to the float32 replay of its own grouping: reported, not checked
+    (the replay follows the Trainer's RNG stream; a runner drawing otherwise is not wrong)."""
+    for run in group:
+        if run.mode.precision == "32-true":
+            n, k = run.mode.processes, run.mode.accumulate
+            own = training(run, n, k, parity.grouping_of(run.runner, n))
+            replayed = final(replays.get(run, own, torch.float32))
+            run.reference_diff = parity.max_abs_diff(load_weights(run), replayed)
 
 
 def parameter_names(run: Run) -> set[str]:
@@ -106,6 +123,7 @@ def check_mode(mode: Mode, group: list[Run], replays: Replays) -> ModeVerdict:
     if reference is not None:
         against_reference(group, reference, result)
     try:
+        against_own_replay(group, replays)
         against_one_device(mode, group, replays, result)
         result.causes = (
             diagnosis.causes(
@@ -161,7 +179,7 @@ def against_one_device(mode: Mode, group: list[Run], replays: Replays, result: M
         runs = [r for r in group if parity.grouping_of(r.runner, mode.processes) == grouping]
         t = training(runs[0], mode.processes, mode.accumulate, grouping)
         own = replays.get(runs[0], t)
-        gap = parity.max_abs_diff(own.weights(own.steps[-1]), one.weights(one.steps[-1]))
+        gap = parity.max_abs_diff(final(own), final(one))
         found = diagnosis.first_divergence(own, one, parity.SAME_SAMPLES_FLOAT64_TOL, names)
         for run in runs:
             run.float64_gap = gap
@@ -179,14 +197,23 @@ def verdict(runs: Sequence[Run], verdicts: Sequence[ModeVerdict]) -> tuple[bool,
     failed = [r for r in runs if not r.ok]
     lines = [RULE]
     lines += [f"FAILED: {r.name} exited with status {r.exit_code}; see {r.log_dir}" for r in failed]
-    lines += [f"DISAGREE: {r.name}: {p}" for r in runs for p in r.problems or []]
+    said: dict[tuple[Mode, str], list[str]] = {}  # one line for runs that part alike
+    for r in runs:
+        for problem in r.problems or []:
+            said.setdefault((r.mode, problem), []).append(r.runner)
+    lines += [f"DISAGREE: {', '.join(rs)} ({m.label}): {p}" for (m, p), rs in said.items()]
+    off = [r for r in runs if r.problems]
     for v in verdicts:
-        if v.unchecked:
-            lines.append(v.unchecked)
-        for c in v.causes:
+        lines += [v.unchecked] if v.unchecked else []
+        parted = any(r.problems for r in runs if r.mode == v.mode)
+        if v.causes and not parted:
+            keys = ", ".join(c.title for c in v.causes)
+            lines.append(f"{v.mode.label}: found ({keys}), yet its runs agree")
+        elif parted and not v.causes and not v.unchecked:
+            lines.append(f"{v.mode.label}: no cause found by the probes; see where it parts")
+        for c in v.causes if parted else []:
             first, *rest = c.lines()
             lines += [f"{v.mode.label}: cause: {first}", *rest]
-    off = [r for r in runs if r.problems]
     agree = not failed and not off and not any(v.unchecked for v in verdicts)
     checked = sum(r.agrees is True for r in runs)
     if agree:
