@@ -59,6 +59,12 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return abs_diff(a, b) / scale if a.numel() else 0.0
 
 
+def float_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| of the floating entries (a counter such as BatchNorm's
+    num_batches_tracked counts forwards, not training)."""
+    return max((abs_diff(a[k], b[k]) for k in a if a[k].is_floating_point()), default=0.0)
+
+
 def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], bound: float) -> list[str]:
     """The entries that differ: bitwise (bound 0), or by more than `bound` (floating ones)."""
     if bound == 0:

@@ -179,7 +179,7 @@ def against_one_device(mode: Mode, group: list[Run], replays: Replays, result: M
         runs = [r for r in group if parity.grouping_of(r.runner, mode.processes) == grouping]
         t = training(runs[0], mode.processes, mode.accumulate, grouping)
         own = replays.get(runs[0], t)
-        gap = parity.max_abs_diff(final(own), final(one))
+        gap = diagnosis.float_gap(final(own), final(one))
         found = diagnosis.first_divergence(own, one, parity.SAME_SAMPLES_FLOAT64_TOL, names)
         for run in runs:
             run.float64_gap = gap
