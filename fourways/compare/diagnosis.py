@@ -114,10 +114,13 @@ def replay_trace(
     args: argparse.Namespace | None,
     dtype: torch.dtype = torch.float64,
 ) -> Trace:
-    """The replay of `t` (float64 by default), with its weights after every step."""
+    """The replay of `t` (float64 by default), with its weights after every step (`final`: the
+    last weights, also when the trace stopped recording at its memory cap)."""
     recorded = WeightTrace(None)  # type: ignore[arg-type]  # held in memory, never saved
-    replay.replay(t, dtype, num_threads=threads, trace=recorded, args=args)
-    return Trace.of(recorded)
+    last = replay.replay(t, dtype, num_threads=threads, trace=recorded, args=args)
+    trace = Trace.of(recorded)
+    trace.final = last
+    return trace
 
 
 def replay_divergence(

@@ -71,7 +71,7 @@ class Replays:
 
 
 def final(trace: Trace) -> dict[str, torch.Tensor]:
-    return trace.weights(trace.steps[-1])
+    return trace.final if trace.final is not None else trace.weights(trace.steps[-1])
 
 
 def against_own_replay(group: list[Run], replays: Replays) -> None:
