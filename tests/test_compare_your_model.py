@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -23,6 +25,15 @@ from fourways.driving.trace import TRACE_ENV, Trace, WeightTrace  # noqa: E402
 WARMUP = "examples.warmup_mlp.WarmupMLP"
 BN_DROPOUT = "examples.batchnorm_dropout.BatchNormDropoutMLP"
 SMALL = ["--epochs", "2", "--num-samples", "320"]  # the task's data: 256 training samples
+DATA = "tests.test_diagnosis.Data"  # a user's DataModule with a batch_size (per process)
+FIXED = "tests.test_compare_your_model.FixedBatch"  # and one without
+
+
+class FixedBatch(L.LightningDataModule):
+    """A DataModule whose batch size is its own: compare.py cannot keep a global batch with it."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(8, 4)), batch_size=4)
 
 
 def run_compare(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -50,13 +61,25 @@ def parse(*argv: str):
         (["--model", "examples.nowhere.X"], "cannot import examples.nowhere"),
         (["--model", WARMUP, "--runners", "raw"], "the raw runner trains the task's MLP only"),
         (["--model.hidden_dim", "8"], "the task's model takes the task's options"),
+        (["--data", DATA, "--data.batch_size", "8"], "compare.py sets it per run"),
+        (["--data", DATA, "--num-samples", "64"], "--num-samples sets the task's data"),
+        (["--data", DATA, "--processes", "2", "--batch-size", "15"], "not divisible by 2"),
+        (["--data", FIXED, "--processes", "2"], "takes no batch_size: compared on 1 process"),
     ],
 )
-def test_bad_input_with_a_user_model_is_one_line_and_status_2(args, message):
-    result = run_compare(*args, "--out", "/nonexistent/never-written", timeout=120)
+def test_what_compare_cannot_run_with_a_user_model_is_refused(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(*args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_bad_input_with_a_user_model_is_one_line_and_status_2():
+    result = run_compare("--model", WARMUP, "--lr", "0.1", "--out", "/nonexistent/x", timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert message in result.stderr
+    assert "--lr sets the task's model" in result.stderr
 
 
 def test_every_runner_gets_the_model_in_lightningclis_syntax_and_a_trace():
