@@ -36,6 +36,17 @@ How the costs are measured (see docs/comparison.md):
 - state MiB/process: the parameters and optimizer state that rank 0 holds at the end, as the
   runner records it in metrics.json (its shards under FSDP2, full copies under DDP).
 
+Your model: `--model PATH --model.NAME VALUE --data PATH --data.NAME VALUE` (LightningCLI's
+syntax; default: the task's classes) goes to every runner in that syntax. The task's options
+(--hidden-dim, ...) are refused with a user's class; --batch-size stays the global batch (a user's
+DataModule gets `--data.batch_size` = global / (processes x accumulation)). Each run then records
+its weights after every optimizer step (FOURWAYS_TRACE), and a run agrees when it equals plain
+PyTorch's weights bit for bit in its grouping and when, computed in float64, its grouping and
+process count train what one device trains (fourways/compare/your_checks.py); otherwise the
+verdict says where (the first optimizer step, the layer) and why (BatchNorm, randomness in
+training_step, a sampler of its own, a global-RNG shuffle, an uneven last batch, the scheduler's
+interval, a loss not averaged), each cause with its fix in every framework.
+
 With --strategy fsdp2, Accelerate (no FSDP on CPUs) must refuse: the report shows it refused with
 its reason, and a run that trained instead disagrees (--check fails).
 

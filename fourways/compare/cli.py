@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fourways import interrupts, settings
+from fourways.compare import your_checks, yours
 from fourways.compare.checks import RULE, check_runs, verdict
 from fourways.compare.plans import EXTRA_RUNNERS, RUNNERS, Run, modes, plan
 from fourways.compare.processes import execute
 from fourways.compare.report import REPORT_FILES, print_table, write_report
 from fourways.compare.steplogs import collect
 from fourways.contract import arguments, errors
+from fourways.driving import classes
 
 # Not the task's: accumulation is a mode (--accumulate 1 2 crosses the runners with each), and
 # each runner checkpoints at its own default.
@@ -57,10 +59,11 @@ def parse_args(argv: Sequence[str] | None = None, *, checkout: Path) -> argparse
     )
     task_group = parser.add_argument_group("task (the same for every runner)")
     for option in settings.OPTIONS:
-        if option.key not in PER_RUN:
+        if option.key not in PER_RUN:  # None: not given (yours.settle fills in the default)
             task_group.add_argument(
-                option.flag, type=option.parse, default=option.default, help=option.help or None
+                option.flag, type=option.parse, default=None, help=option.help or None
             )
+    classes.add_arguments(parser)  # --model, --data; their --model.NAME VALUE: split_argv
     parser.add_argument("--threads", type=settings.positive_int, default=1, help="per process")
     parser.add_argument(
         "--jobs",
@@ -85,8 +88,13 @@ def parse_args(argv: Sequence[str] | None = None, *, checkout: Path) -> argparse
         help="append ARGS (the runner's own flags) to RUNNER's command, e.g. 'fabric=--seed 7' "
         "to see a disagreement; the table marks such runs with *",
     )
-    args = parser.parse_args(argv)
     try:
+        rest, init = classes.split_argv(list(sys.argv[1:] if argv is None else argv))
+    except errors.UsageError as err:
+        parser.error(str(err))
+    args = parser.parse_args(rest)
+    try:
+        yours.settle(args, init)
         args.extra = parse_extra_args(args.extra_args, args.runners)
         args.modes = modes(args)
         args.out = report_dir(args.out, checkout)
@@ -145,8 +153,11 @@ def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | Non
     execute(runs, jobs=args.jobs, timeout=args.timeout)
     for run in runs:
         collect(run)
-    check_runs(runs)
-    agree, lines = verdict(runs)
+    if yours.yours(args):
+        agree, lines = your_checks.verdict(runs, your_checks.check_your_runs(runs))
+    else:
+        check_runs(runs)
+        agree, lines = verdict(runs)
     config = {
         "command": shlex.join(["python", "compare.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -156,9 +167,12 @@ def compare(args: argparse.Namespace, runs: list[Run], argv: Sequence[str] | Non
         "threads": args.threads,
         "jobs": args.jobs,
         "extra_args": {k: list(v) for k, v in args.extra.items()},
-        "rule": RULE,
+        "rule": your_checks.RULE if yours.yours(args) else RULE,
     }
-    write_report(args.out, runs, config, lines, args.checkout)
+    if yours.yours(args):
+        config["model"] = dataclasses.asdict(args.model)
+        config["data"] = dataclasses.asdict(args.data)
+    write_report(args.out, runs, config, lines, args.checkout, agree)
     print_table(runs, lines)
     print(f"Report: {args.out}/report.md (and report.json, curves.png, step_time.png)")
     refused = [r for r in runs if r.exit_code == 2 and not r.refused_as_expected]

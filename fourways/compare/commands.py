@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fourways import interrupts, settings
+from fourways.compare import yours
 from fourways.compare.plans import MINIMAL, Mode, Run
 from fourways.contract import arguments
 
@@ -41,6 +42,18 @@ def task_flags(runner: str, mode: Mode, s: settings.Settings) -> list[str]:
     return flags
 
 
+def run_flags(run: Run) -> list[str]:
+    """The run's task flags; with a user's classes, --model/--data and their init arguments in
+    their place (yours.py)."""
+    if not run.yours:
+        return task_flags(run.runner, run.mode, run.settings)
+    assert run.model is not None and run.data is not None
+    told = yours.without_task_options(run.settings, run.model, run.data)
+    n, k = run.mode.processes, run.mode.accumulate
+    extra = yours.flags(run.model, run.data, run.settings.global_batch_size, n, k)
+    return [*task_flags(run.runner, run.mode, told), *extra]
+
+
 def command(run: Run) -> tuple[list[str], dict[str, str]]:
     """The runner's real entry point for this mode, and the environment it needs on top."""
     py, n, env = sys.executable, run.mode.processes, {}
@@ -48,7 +61,7 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
     if run.runner in MINIMAL:
         argv = minimal_command(run, port)
     elif run.runner in ("torch", "raw"):
-        flags = task_flags(run.runner, run.mode, run.settings)
+        flags = run_flags(run)
         script = "simple_train.py" if run.runner == "torch" else "benchmarks/raw_loop.py"
         start = [py, script] if n == 1 else [py, "-m", "torch.distributed.run"]
         if n > 1:
@@ -57,11 +70,11 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         if run.runner == "torch":
             argv[len(start) : len(start)] = ["--device", "cpu"]
     elif run.runner == "fabric":
-        flags = task_flags(run.runner, run.mode, run.settings)
+        flags = run_flags(run)
         argv = [py, "fabric_train.py", "--accelerator", "cpu", "--devices", str(n), *flags]
         argv += ["--run-dir", str(run.run_dir)]
     elif run.runner == "lightning":
-        flags = task_flags(run.runner, run.mode, run.settings)
+        flags = run_flags(run)
         argv = [py, "lightning_module.py", "fit", "--trainer.accelerator", "cpu"]
         argv += ["--trainer.devices", str(n), *(["--trainer.strategy", "ddp"] if n > 1 else [])]
         argv += flags
@@ -70,7 +83,7 @@ def command(run: Run) -> tuple[list[str], dict[str, str]]:
         argv += ["--trainer.logger.init_args.name", name]
         argv += ["--trainer.logger.init_args.version", version]
     elif run.runner == "accelerate":
-        flags = task_flags(run.runner, run.mode, run.settings)
+        flags = run_flags(run)
         argv = [py, "accelerate_train.py"]
         if n > 1:
             argv = [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]

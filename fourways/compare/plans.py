@@ -11,10 +11,14 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fourways import parity, settings
 from fourways.contract import arguments, errors
+from fourways.driving.trace import TRACE_ENV
+
+if TYPE_CHECKING:
+    from fourways.driving import classes
 
 RUNNERS = ("torch", "fabric", "lightning", "accelerate")
 EXTRA_RUNNERS = ("raw",)  # benchmarks/raw_loop.py: no DataLoader, 1 process, fp32 only
@@ -77,6 +81,20 @@ class Run:
     # The checkout it runs from: the runners' scripts, minimal/, configs/ and the step timer are
     # there (never beside this package, which may be installed in site-packages).
     checkout: Path = field(kw_only=True)
+    # The classes it trains (None: the task's); a user's make it record its weights every step.
+    model: classes.Choice | None = field(default=None, kw_only=True)
+    data: classes.Choice | None = field(default=None, kw_only=True)
+    where: str | None = None  # a user's model: where it parts from plain PyTorch (diagnosis)
+
+    @property
+    def yours(self) -> bool:
+        """It trains a user's model or data (--model/--data), not the task's classes."""
+        return any(c is not None and not c.is_task for c in (self.model, self.data))
+
+    @property
+    def trace(self) -> Path:
+        """Its weights after every optimizer step (driving.trace), for a user's model."""
+        return self.log_dir / "trace.pt"
 
     @property
     def name(self) -> str:
@@ -134,8 +152,9 @@ def modes(args: argparse.Namespace) -> list[Mode]:
             raise errors.UsageError(
                 f"precision {precision} needs a CUDA GPU; on a CPU use bf16-mixed"
             )
-        splits = arguments.split_sizes(args.num_samples, args.val_fraction)
-        arguments.micro_batch_size(args.batch_size, n, k, *splits)
+        if getattr(args, "data", None) is None or args.data.is_task:  # a user's: yours.py
+            splits = arguments.split_sizes(args.num_samples, args.val_fraction)
+            arguments.micro_batch_size(args.batch_size, n, k, *splits)
         result.append(Mode(n, precision, k, strategy))
     if "raw" in args.runners and any(m != Mode(1, "32-true", 1) for m in result):
         raise errors.UsageError("the raw runner runs 1 process, 32-true, no accumulation only")
@@ -156,7 +175,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
     """Every runner in every mode, in that order: one Run each, its folders under --out."""
     given = settings.from_args(args)
     out = args.out.resolve()
-    return [
+    runs = [
         Run(
             runner=runner,
             mode=mode,
@@ -166,7 +185,13 @@ def plan(args: argparse.Namespace) -> list[Run]:
             extra_args=args.extra.get(runner, ()),
             threads=args.threads,
             checkout=args.checkout,
+            model=getattr(args, "model", None),
+            data=getattr(args, "data", None),
         )
         for mode in args.modes
         for runner in args.runners
     ]
+    for run in runs:
+        if run.yours:
+            run.env[TRACE_ENV] = str(run.trace)
+    return runs

@@ -140,6 +140,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "reference_diff": run.reference_diff,
         "fp32_diff": run.fp32_diff,
         "float64_gap": run.float64_gap,
+        "where": run.where,
         "problems": run.problems,
         "agrees": run.agrees,
         "epoch_based_step_s": epoch_step_s(run.metrics) if run.metrics else None,
@@ -150,7 +151,12 @@ def run_json(run: Run) -> dict[str, Any]:
 
 
 def write_report(
-    out: Path, runs: Sequence[Run], config: dict[str, Any], lines: list[str], checkout: Path
+    out: Path,
+    runs: Sequence[Run],
+    config: dict[str, Any],
+    lines: list[str],
+    checkout: Path,
+    agree: bool | None = None,
 ) -> None:
     """The report folder's files (REPORT_FILES): the plots, report.json and report.md."""
     import matplotlib
@@ -158,7 +164,8 @@ def write_report(
     matplotlib.use("Agg")
     plot_curves(runs, out / "curves.png")
     plot_step_times(runs, out / "step_time.png")
-    agree, _ = verdict(runs)
+    if agree is None:
+        agree, _ = verdict(runs)
     report = {
         "config": config,
         "machine": machine(checkout),

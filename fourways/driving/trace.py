@@ -114,6 +114,7 @@ class Trace:
         self.lrs: list[list[float]] = [list(x) for x in content["lr"]]
         self.state: dict[str, torch.Tensor] = content["state"]
         self.skipped: str | None = content.get("skipped")
+        self.final: dict[str, torch.Tensor] | None = None  # a replay's last weights, if known
 
     @classmethod
     def load(cls, path: Path | str) -> Trace:
