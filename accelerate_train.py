@@ -171,7 +171,7 @@ def main() -> None:
             book.record_loss(loss, batch)
             state["batch"] = i + 1
             if accelerator.sync_gradients:
-                optimization.step_scheduler("step", i)
+                optimization.after_optimizer_step(i, epoch, epoch_ends=i + 1 == len(train_loader))
                 state["steps"] += 1
                 if tracer:
                     tracer.record(state["steps"], module, optimizer)
@@ -180,7 +180,6 @@ def main() -> None:
                 faults.inject_fault("step", state["steps"])
             logs.at("on_train_batch_end", batch)
             module.on_train_batch_end(output, batch, i)
-        optimization.step_scheduler("epoch", epoch)
         validate(model, module, val_loader, logs)
         metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
         accelerator.print(console.epoch_line(epoch + 1, metrics))

@@ -193,7 +193,7 @@ def main() -> None:
             if last_micro_batch:
                 optimizer.step()
                 optimizer.zero_grad()
-                optimization.step_scheduler("step", i)
+                optimization.after_optimizer_step(i, epoch, epoch_ends=i + 1 == len(train_loader))
                 state["steps"] += 1
                 if tracer:
                     tracer.record(state["steps"], module, optimizer)
@@ -203,7 +203,6 @@ def main() -> None:
                 faults.inject_fault("step", state["steps"])
             logs.at("on_train_batch_end", batch)
             fabric.call("on_train_batch_end", output, batch, i)
-        optimization.step_scheduler("epoch", epoch)
         validate(fabric, model, val_loader, logs)
         metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
         fabric.print(console.epoch_line(epoch + 1, metrics))

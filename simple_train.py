@@ -176,7 +176,7 @@ def main() -> None:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
-                optimization.step_scheduler("step", i)
+                optimization.after_optimizer_step(i, epoch, epoch_ends=i + 1 == len(train_loader))
                 state["steps"] += 1
                 if tracer:
                     tracer.record(state["steps"], module, optimizer)
@@ -186,7 +186,6 @@ def main() -> None:
                 faults.inject_fault("step", state["steps"])
             logs.at("on_train_batch_end", batch)
             module.on_train_batch_end(output, batch, i)
-        optimization.step_scheduler("epoch", epoch)
         validate(module, val_loader, logs, autocast, device)
         metrics = book.end_epoch(logs.epoch_values(), time.perf_counter() - epoch_start)
         if master:

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from tqdm import tqdm
 
 from fourways.contract import console
+from fourways.driving import trace
 from fourways.driving.bookkeeping import RunBook, step_loss
 
 # The checkpoint's entry, as the task's module wrote it before the bookkeeping moved here.
@@ -52,6 +53,8 @@ class RunBookkeeping(Callback):
         self.book = RunBook()
         self.epoch_start = time.perf_counter()
         self.accumulate = 1
+        self.tracer: trace.WeightTrace | None = None
+        self.traced_step = 0
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -61,6 +64,14 @@ class RunBookkeeping(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.accumulate = trainer.accumulate_grad_batches
         self.epoch_start = time.perf_counter()  # a run resumed mid-epoch starts its clock here
+        # compare.py's diagnosis (FOURWAYS_TRACE): the weights after every optimizer step.
+        self.tracer, self.traced_step = trace.recorder(trainer.global_rank), trainer.global_step
+        if self.tracer and trainer.global_step == 0:
+            self.tracer.record(0, pl_module, trainer.optimizers[0])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tracer:
+            self.tracer.save()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
@@ -77,6 +88,9 @@ class RunBookkeeping(Callback):
         # Lightning hands over the loss divided by the accumulation steps (it backpropagates
         # that): the batch's own mean loss again (exact for 1, 2, 4, ... steps).
         self.book.record_loss(loss if self.accumulate == 1 else loss * self.accumulate, batch)
+        if self.tracer and trainer.global_step != self.traced_step:  # the optimizer stepped
+            self.traced_step = trainer.global_step
+            self.tracer.record(trainer.global_step, pl_module, trainer.optimizers[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Before the module's on_train_epoch_end and the checkpoint callbacks' (Lightning's

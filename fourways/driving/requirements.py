@@ -51,6 +51,13 @@ class Optimization:
     interval: str = "epoch"
     frequency: int = 1
 
+    def after_optimizer_step(self, batch_idx: int, epoch: int, epoch_ends: bool) -> None:
+        """The schedulers after an optimizer step, in the Trainer's order: a "step" one, then on
+        the epoch's last batch an "epoch" one (before that batch's on_train_batch_end)."""
+        self.step_scheduler("step", batch_idx)
+        if epoch_ends:
+            self.step_scheduler("epoch", epoch)
+
     def step_scheduler(self, interval: str, index: int) -> None:
         """After an optimizer step (`interval` "step", `index` = the batch's index in its epoch)
         or after the epoch's last one ("epoch", `index` = the epoch), as the Trainer steps it:
