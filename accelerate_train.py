@@ -162,6 +162,8 @@ def main() -> None:
             # all-reduce, and the prepared optimizer steps, until the last micro-batch (or the
             # epoch's last).
             with accelerator.accumulate(model):
+                logs.at("on_train_batch_start", batch)
+                module.on_train_batch_start(batch, i)
                 logs.at("training_step", batch)
                 output = model("training_step", batch, i)
                 loss = bookkeeping.step_loss(output, name)

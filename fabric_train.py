@@ -181,6 +181,8 @@ def main() -> None:
             last_micro_batch = (i + 1) % args.accumulate == 0 or i + 1 == len(train_loader)
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             with fabric.no_backward_sync(model, enabled=not last_micro_batch):
+                logs.at("on_train_batch_start", batch)
+                fabric.call("on_train_batch_start", batch, i)
                 logs.at("training_step", batch)
                 # On one device Fabric calls training_step outside its precision context (only
                 # a strategy's wrapper routes it through forward): autocast here, for bf16/fp16.

@@ -165,6 +165,8 @@ def main() -> None:
             # DDP all-reduces gradients in every backward: skip that until the last micro-batch.
             no_sync = isinstance(model, DistributedDataParallel) and not last_micro_batch
             with model.no_sync() if no_sync else nullcontext():
+                logs.at("on_train_batch_start", batch)
+                module.on_train_batch_start(batch, i)
                 logs.at("training_step", batch)
                 with autocast:
                     output = model("training_step", batch, i)

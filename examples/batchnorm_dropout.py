@@ -10,8 +10,11 @@ distribution, not in bits. docs/your_model.md gives compare.py's verdict and the
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,9 +27,11 @@ class BatchNormDropoutMLP(L.LightningModule):
         width: int = 32,
         dropout: float = 0.2,
         lr: float = 1e-3,
+        reseed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.reseeded = False
         self.net = nn.Sequential(
             nn.Linear(num_features, width),
             nn.BatchNorm1d(width),
@@ -37,6 +42,16 @@ class BatchNormDropoutMLP(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """compare.py's fix for randomness the runners draw differently before training (the
+        Trainer re-seeds DDP processes in its setup, the others do not): with `reseed`, each
+        process seeds its stream once, right before its first training_step, where every runner
+        calls this hook; masks then differ per process, as they should."""
+        if self.hparams.reseed is not None and not self.reseeded:
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            torch.manual_seed(self.hparams.reseed + rank)
+            self.reseeded = True
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
