@@ -57,19 +57,21 @@ CATALOGUE: dict[str, Cause] = {
         Cause(
             "rng",
             "Randomness in training_step (torch's global RNG)",
-            "every process seeds the same and draws its own masks for its own micro-batch: "
-            "the ranks draw the same masks as each other, and not one device's",
+            "each process draws its own masks for its own micro-batch, not one device's; and the "
+            "runners reach the first training_step with the stream in other places (the "
+            "Trainer re-seeds every DDP process in its setup, after the model is built; Fabric, "
+            "Accelerate and plain PyTorch do not), so they draw other masks",
             {
-                "lightning": "torch.manual_seed(seed + self.global_rank) in setup() "
-                "(independent masks per process)",
-                "fabric": "fabric.seed_everything(seed + fabric.global_rank) after fabric.setup",
-                "accelerate": "accelerate.utils.set_seed(seed, device_specific=True) after "
-                "accelerator.prepare",
-                "torch": "torch.manual_seed(seed + dist.get_rank()) after building the model",
+                runner: "seed each process's stream in the module, where every runner calls the "
+                "same hook: in on_train_batch_start of the first batch, "
+                "torch.manual_seed(seed + rank) (rank: torch.distributed.get_rank()); "
+                "examples/batchnorm_dropout.py --model.reseed N does this"
+                for runner in ("lightning", "fabric", "accelerate", "torch")
             },
             fix_runs_here=True,
-            remains="the masks stay random per process: the same training in distribution, "
-            "never one device's bits (compare with the randomness off, e.g. dropout 0)",
+            remains="the runners that group the samples alike then draw the same masks; the "
+            "masks stay per process: the same training as one device in distribution, never in "
+            "bits (with the randomness off, e.g. --model.dropout 0, this cause is gone)",
         ),
         Cause(
             "sampler",
