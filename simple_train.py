@@ -95,18 +95,19 @@ def main() -> None:
     prepare_data(data, args.accumulate, world_size, master)
     module.configure_model()
     module.to(device)
-    optimization = requirements.configure(module, name)
-    optimizer = optimization.optimizer
-    # --- Strategies: FSDP2 shards parameters, gradients and optimizer state; DDP replicates.
-    # Either way the step methods run inside the wrapper's forward, so that gradients sync.
+    # --- Strategies: FSDP2 shards parameters, gradients and optimizer state (the optimizer is
+    # made after, over the shards); DDP replicates. Either way the step methods run inside the
+    # wrapper's forward, so that gradients sync.
     model = StepsThroughForward(module)
     if args.strategy == arguments.FSDP2:
-        sharded.shard_model(module, init_device_mesh(device.type, (world_size,), mesh_dim_names=(
-            "data_parallel",)))  # fmt: skip
+        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("data_parallel",))
+        sharded.shard_model(module, mesh)
     elif ddp:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.index is not None else None
         )
+    optimization = requirements.configure(module, name)
+    optimizer = optimization.optimizer
     # --- Precision: bf16 needs no loss scaling; fp16 does. A disabled scaler is a no-op, so one
     # path serves all. In 32-true no autocast at all: even disabled, entering it costs ~3 % of
     # the task's step.
