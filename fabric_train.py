@@ -105,24 +105,23 @@ def main() -> None:
     config |= resume.settle_config(
         [resume.Given("world_size", processes, fabric.world_size, fabric.world_size)], recorded
     )
-    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
-        fabric.launch()  # starts the other processes when --devices > 1
-    # --- Run directory: the logger's, as rank 0 picks it (runs/fabric/version_N or --run-dir).
-    run_dir = Path(fabric.broadcast(fabric.logger.log_dir))
-    run_dirs.check_run_dir(run_dir, args.resume)
-    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
-
     # --- The LightningModule and LightningDataModule, built as every runner builds them: seed,
-    # model, data; the module checked before anything trains.
+    # model, data; the module and the batch split checked before Fabric starts a process (each
+    # process it starts runs this script again: the local rank 0 prepares the data first).
     fabric.seed_everything(args.seed, verbose=False)  # metrics.json records it
     module = classes.build(model_choice, args)
     data = classes.build(data_choice, args)
     requirements.check_module(module, name)
     if fabric.local_rank == 0:
         data.prepare_data()
-    fabric.barrier()
     data.setup("fit")
     classes.split_global_batch(data, fabric.world_size, args.accumulate)
+    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started the processes already
+        fabric.launch()  # starts the other processes when --devices > 1
+    # --- Run directory: the logger's, as rank 0 picks it (runs/fabric/version_N or --run-dir).
+    run_dir = Path(fabric.broadcast(fabric.logger.log_dir))
+    run_dirs.check_run_dir(run_dir, args.resume)
+    checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
     # --- The minimal loop's model, optimizer and loaders, each set up by Fabric: it redirects
     # the step methods through the strategy's wrapper (gradients sync under DDP) and registers
     # the module, so that fabric.call reaches its hooks.

@@ -57,7 +57,7 @@ def parse(*argv: str):
     ("args", "message"),
     [
         (["--model", WARMUP, "--hidden-dim", "8"], "--hidden-dim sets the task's model"),
-        (["--model", WARMUP, "--model.nope", "1"], "unrecognized arguments: --nope=1"),
+        (["--model", WARMUP, "--model.nope", "1"], "no init argument nope=1"),
         (["--model", "examples.nowhere.X"], "cannot import examples.nowhere"),
         (["--model", WARMUP, "--runners", "raw"], "the raw runner trains the task's MLP only"),
         (["--model.hidden_dim", "8"], "the task's model takes the task's options"),
