@@ -11,7 +11,8 @@ it predicts (slow: compare.py end to end through the real runners).
 from __future__ import annotations
 
 import pytest
-from test_compare_your_model import BN_DROPOUT, SMALL, report_of, run_compare
+from test_compare import run_compare
+from test_compare_your_model import BN_DROPOUT, SMALL, report_of
 
 INTERLEAVED = ("torch", "fabric", "lightning")  # the runners that group the samples alike
 
@@ -20,7 +21,7 @@ INTERLEAVED = ("torch", "fabric", "lightning")  # the runners that group the sam
 def test_seeding_each_stream_where_every_runner_calls_the_same_hook_aligns_them(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", BN_DROPOUT, "--model.reseed", "7", "--processes", "2",
-                         *SMALL, "--out", str(out))  # fmt: skip
+                         *SMALL, "--out", str(out), timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     runs = {run["runner"]: run for run in report_of(out)["runs"]}
     for name in INTERLEAVED:
@@ -32,8 +33,8 @@ def test_seeding_each_stream_where_every_runner_calls_the_same_hook_aligns_them(
 @pytest.mark.slow
 def test_without_randomness_batchnorm_is_the_one_cause_left(tmp_path):
     out = tmp_path / "report"
-    result = run_compare("--model", BN_DROPOUT, "--model.dropout", "0", "--processes", "2",
-                         "--runners", "torch", "lightning", *SMALL, "--out", str(out))  # fmt: skip
+    args = ["--model.dropout", "0", "--processes", "2", "--runners", "torch", "lightning"]
+    result = run_compare("--model", BN_DROPOUT, *args, *SMALL, "--out", str(out), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     runs = {run["runner"]: run for run in report_of(out)["runs"]}
     assert runs["lightning"]["max_weight_diff"] == 0

@@ -4,14 +4,13 @@ runs made here from replays (fast), and end to end through the real runners (slo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from test_compare import run_compare
 from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,19 +33,6 @@ class FixedBatch(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(torch.zeros(8, 4)), batch_size=4)
-
-
-def run_compare(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    return subprocess.run(
-        [sys.executable, "compare.py", *args],
-        cwd=ROOT,
-        env=env | {"OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def parse(*argv: str):
@@ -172,7 +158,7 @@ def check_traces(report: dict) -> None:
 def test_warmup_mlp_agrees_on_one_and_two_processes(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", WARMUP, "--processes", "1", "2", *SMALL, "--check",
-                         "--out", str(out))  # fmt: skip
+                         "--out", str(out), timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = report_of(out)
     assert report["agree"] and report["verdict"][-1].startswith("AGREE")
@@ -184,7 +170,7 @@ def test_warmup_mlp_agrees_on_one_and_two_processes(tmp_path):
 def test_batchnorm_dropout_agrees_on_one_process_and_parts_on_two(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", BN_DROPOUT, "--processes", "1", "2", *SMALL, "--check",
-                         "--out", str(out))  # fmt: skip
+                         "--out", str(out), timeout=600)  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     report = report_of(out)
     by_mode = {n: [r for r in report["runs"] if r["mode"]["processes"] == n] for n in (1, 2)}
