@@ -1,5 +1,5 @@
 """The run's record: `metrics.json` (the contract's fields, the same for every runner) and
-`model.pt` (the MLP's plain state_dict), written by rank 0 at the end.
+`model.pt` (the LightningModule's plain state_dict), written by rank 0 at the end.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def state_bytes(parameters: Iterable[torch.Tensor], optimizer: Any) -> int | Non
 
 
 def save_run(run_dir: Path, record: RunRecord, model_state: dict[str, torch.Tensor]) -> None:
-    """Rank 0's outputs: `metrics.json`, then the MLP's plain `state_dict` as `model.pt`."""
+    """Rank 0's outputs: `metrics.json`, then the LightningModule's `state_dict` as `model.pt`."""
     state = {k: v.detach().cpu().clone() for k, v in model_state.items()}
     text = json.dumps(record.to_json(), indent=2) + "\n"
     atomic_write(run_dir / "metrics.json", lambda p: p.write_text(text))

@@ -10,5 +10,8 @@ callback (fourways/trainer_bookkeeping.py). Split by job:
 - logs: `self.log` / `self.log_dict` with the Trainer's meaning (epoch means, sync_dist);
 - bookkeeping: the run's epoch metrics, history and position for resume;
 - dispatch: a step method called through a DDP (or Accelerate) wrapper, so gradients sync;
-- trace: the weights after each optimizer step, for compare.py's diagnosis.
+- trace: the weights after each optimizer step, for compare.py's diagnosis;
+- replay: a module trained in this process as N processes x K micro-batches would train it
+  (float32 or float64), the bound for compare.py's verdict;
+- probes: what in a model or its data makes N processes train otherwise than one device.
 """
