@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, RUNNERS, load_metrics, load_weights, run
+from conftest import PYTHON, RUNNERS, in_process, load_metrics, load_weights, run
 from test_resume import assert_same_weights, killed_run
 
 from examples.warmup_mlp import WarmupMLP
@@ -105,10 +105,11 @@ REFUSALS = {
 
 @pytest.mark.parametrize(("args", "words"), list(REFUSALS.values()), ids=list(REFUSALS))
 def test_a_model_or_data_the_runners_cannot_train_is_refused_in_one_line(
-    args: list[str], words: str, tmp_path: Path
+    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In-process (conftest.in_process: the script's own main); test_errors starts it for real."""
     run_dir = tmp_path / "run"
-    result = run(fit(run_dir, *args))
+    result = in_process(fit(run_dir, *args), capsys)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RUNNERS, load_metrics, load_weights, run
+from conftest import RUNNERS, in_process, load_metrics, load_weights, run
 from test_resume import assert_same_weights, killed_run
 
 HAND_WRITTEN = [runner for runner in RUNNERS if runner.name != "lightning"]
@@ -49,24 +49,33 @@ EACH_STAGE = ("does not import", "an init argument of the wrong type", "manual o
 
 
 def refusal_cases() -> list:
-    """Every refusal in the plain runner; each stage's in Fabric and Accelerate (slow)."""
-    cases = []
-    for runner in HAND_WRITTEN:
-        marks = [] if runner.name == "torch" else [pytest.mark.slow]
-        for case, (args, words) in REFUSALS.items():
-            if runner.name == "torch" or case in EACH_STAGE:
-                cases.append(
-                    pytest.param(runner, args, words, id=f"{runner.name}-{case}", marks=marks)
-                )
-    return cases
+    """Every refusal in the plain runner; each stage's in Fabric and Accelerate."""
+    return [
+        pytest.param(runner, args, words, id=f"{runner.name}-{case}")
+        for runner in HAND_WRITTEN
+        for case, (args, words) in REFUSALS.items()
+        if runner.name == "torch" or case in EACH_STAGE
+    ]
 
 
 @pytest.mark.parametrize(("runner", "args", "words"), refusal_cases())
 def test_what_the_runners_cannot_train_alike_is_refused_in_one_line(
-    runner, args: list[str], words: str, tmp_path: Path
+    runner, args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In-process (conftest.in_process: the script's own main); a real start below."""
     run_dir = tmp_path / "run"
-    result = run(runner.command(run_dir, 1, args))
+    assert_refused_in_one_line(in_process(runner.command(run_dir, 1, args), capsys), words, run_dir)
+
+
+def test_a_refusal_is_one_line_from_a_real_start(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--model", "tests.user_models.TwoOptimizers"]
+    assert_refused_in_one_line(
+        run(HAND_WRITTEN[0].command(run_dir, 1, args)), "2 optimizers", run_dir
+    )
+
+
+def assert_refused_in_one_line(result, words: str, run_dir: Path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
