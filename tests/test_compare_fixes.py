@@ -18,6 +18,7 @@ INTERLEAVED = ("torch", "fabric", "lightning")  # the runners that group the sam
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_seeding_each_stream_where_every_runner_calls_the_same_hook_aligns_them(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", BN_DROPOUT, "--model.reseed", "7", "--processes", "2",
@@ -31,6 +32,7 @@ def test_seeding_each_stream_where_every_runner_calls_the_same_hook_aligns_them(
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_without_randomness_batchnorm_is_the_one_cause_left(tmp_path):
     out = tmp_path / "report"
     args = ["--model.dropout", "0", "--processes", "2", "--runners", "torch", "lightning"]

@@ -324,6 +324,7 @@ if trainer.global_rank == 0:
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_replay_is_the_trainers_training_bit_for_bit(tmp_path, processes):
     """BatchNorm and Dropout, 1 device and DDP on 2 processes: the replay's per-process batches,

@@ -84,6 +84,7 @@ def assert_refused_in_one_line(result, words: str, run_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize("model", ["StepsEveryThirdBatch", "DecaysEachEpoch"])
 def test_a_scheduler_steps_where_the_trainer_steps_it(model: str, tmp_path: Path) -> None:
     """TinyData: 128 training samples, batches of 16 = 8 an epoch, accumulation 3 steps the
@@ -105,6 +106,7 @@ def test_a_scheduler_steps_where_the_trainer_steps_it(model: str, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_self_log_means_what_it_means_under_the_trainer_on_two_processes(tmp_path: Path) -> None:
     """Rank 0 records its own value without sync_dist, the mean over processes with it, the sum
     with reduce_fx="sum"; a step value is rank 0's last; a torchmetrics object covers every
@@ -129,7 +131,12 @@ def test_self_log_means_what_it_means_under_the_trainer_on_two_processes(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", HAND_WRITTEN, ids=lambda runner: runner.name)
+@pytest.mark.parametrize(
+    "runner",
+    # plain PyTorch in every run of the suite; Fabric and Accelerate in the deep tier
+    [pytest.param(r, marks=[] if r.name == "torch" else [pytest.mark.deep]) for r in HAND_WRITTEN],
+    ids=lambda runner: runner.name,
+)
 def test_a_user_model_killed_mid_epoch_resumes_alone_bit_for_bit(runner, tmp_path: Path) -> None:
     """WarmupMLP (AdamW, a per-step warm-up) on 320 samples: 8 steps an epoch, a checkpoint
     every 5; the kill after step 13 leaves step 10's, in epoch 2. The resume names nothing but
