@@ -173,6 +173,7 @@ TINY = ["--data", "tests.user_models.TinyData", "--data.batch_size", "8",
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_a_user_data_module_resumes_with_its_recorded_init_arguments(tmp_path: Path) -> None:
     """Killed in epoch 2, resumed from epoch 1's end with TinyData's recorded batch of 8. Its
     plain DataLoader cannot resume mid-epoch (Lightning would restart the epoch's data): a
