@@ -155,6 +155,7 @@ def check_traces(report: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_warmup_mlp_agrees_on_one_and_two_processes(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", WARMUP, "--processes", "1", "2", *SMALL, "--check",
@@ -167,6 +168,7 @@ def test_warmup_mlp_agrees_on_one_and_two_processes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_batchnorm_dropout_agrees_on_one_process_and_parts_on_two(tmp_path):
     out = tmp_path / "report"
     result = run_compare("--model", BN_DROPOUT, "--processes", "1", "2", *SMALL, "--check",
