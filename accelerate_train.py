@@ -217,8 +217,9 @@ def main() -> None:
         module_state = {k.removeprefix("module."): v for k, v in model_state.items()}
         records.save_run(run_dir, record, module_state)
     accelerator.wait_for_everyone()  # every rank waits for rank 0's files
-    # --- Teardown: Accelerate's own, but a gloo group is left to the interpreter's exit (its
-    # destroy_process_group can deadlock there: see torch_runtime).
+    # --- Teardown: Accelerate's own, but a gloo group is left to the interpreter's exit, after
+    # one more barrier that keeps gloo's workers from freeing tensors as it ends (torch_runtime).
+    torch_runtime.settle_gloo_workers()
     if not torch_runtime.process_group_left_to_exit():
         accelerator.end_training()
 

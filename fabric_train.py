@@ -238,7 +238,9 @@ def main() -> None:
         )
         records.save_run(run_dir, record, model_state)
     fabric.barrier()  # every rank waits for rank 0's files
-    # --- Teardown: Fabric's own, at the interpreter's exit (it destroys NCCL groups there).
+    # --- Teardown: Fabric's own, at the interpreter's exit (it destroys NCCL groups there),
+    # after one more barrier that keeps gloo's workers from freeing tensors as it ends.
+    torch_runtime.settle_gloo_workers()
 
 
 def settle_run(args: argparse.Namespace) -> tuple[tuple[Path, dict] | None, dict]:

@@ -224,8 +224,9 @@ def main() -> None:
         records.save_run(run_dir, record, model_state)
     if ddp:
         dist.barrier()  # every rank waits for rank 0's files
-    # --- Teardown: torch's own, but a gloo group is left to the interpreter's exit (its
-    # destroy_process_group can deadlock there: see torch_runtime).
+    # --- Teardown: torch's own, but a gloo group is left to the interpreter's exit, after one
+    # more barrier that keeps gloo's workers from freeing tensors as it ends (see torch_runtime).
+    torch_runtime.settle_gloo_workers()
     if ddp and not torch_runtime.process_group_left_to_exit():
         dist.destroy_process_group()
 

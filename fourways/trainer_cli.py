@@ -38,6 +38,7 @@ from fourways.trainer_checkpoints import (
     read_checked,
     read_weights_only,
 )
+from fourways.workarounds import torch_runtime
 
 # Framework noise that says nothing about this run (see FRAMEWORK_NOTES); metrics.json holds the
 # seed and the device. Bad input then leaves one line on stderr, as the contract asks.
@@ -339,6 +340,9 @@ class TaskCLI(LightningCLI):
         if trainer.is_global_zero:
             self.save_run(run_dir, model_state)
         trainer.strategy.barrier()  # every rank waits for rank 0's files
+        # The Trainer leaves a gloo group to the interpreter's exit: one more barrier keeps
+        # gloo's workers from freeing tensors as it ends (see torch_runtime).
+        torch_runtime.settle_gloo_workers()
 
     def save_run(self, run_dir: Path, model_state: dict[str, torch.Tensor]) -> None:
         trainer, module = self.trainer, self.model

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -139,3 +140,46 @@ def test_a_gloo_group_is_left_to_exit_and_no_group_is_not(tmp_path: Path) -> Non
         assert torch_runtime.process_group_left_to_exit()
     finally:
         dist.destroy_process_group()  # one process, no worker left to wait on: safe here
+
+
+GLOO_BARRIER_HOLDS = """
+import json, sys, time, weakref
+import torch
+import torch.distributed as dist
+
+rank = int(sys.argv[2])
+dist.init_process_group("gloo", store=dist.FileStore(sys.argv[1], 2), rank=rank, world_size=2)
+if rank == 1:
+    time.sleep(1)  # rank 0's all-reduce is still in flight when it issues its barrier
+tensor = torch.ones(4)
+reduced = dist.all_reduce(tensor, async_op=True)
+barrier = dist.barrier(async_op=True)
+reduced.wait()
+barrier.wait()
+tensor_ref = weakref.ref(tensor)
+del tensor, reduced
+time.sleep(0.5)  # long enough for gloo's workers to drop their own references
+held = tensor_ref() is not None
+del barrier
+deadline = time.monotonic() + 10
+while tensor_ref() is not None and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps({"held_by_barrier": held, "freed_with_barrier": tensor_ref() is None}))
+"""
+
+
+def test_a_gloo_barrier_holds_the_tensors_of_collectives_in_flight(tmp_path: Path) -> None:
+    # The reason for settle_gloo_workers: a gloo barrier keeps the collectives in flight when it
+    # was issued, tensors and all, until its Work is freed, by whichever thread drops it last.
+    # Should torch stop doing so, this fails: the entry (and the runners' last barrier) can go.
+    script = tmp_path / "barrier_holds.py"
+    script.write_text(GLOO_BARRIER_HOLDS)
+    store = str(tmp_path / "store")
+    peer = subprocess.Popen([PYTHON, str(script), store, "1"], env=run_env(), cwd=ROOT)
+    try:
+        result = run([PYTHON, str(script), store, "0"], timeout=120)
+    finally:
+        assert peer.wait(timeout=120) == 0
+    assert result.returncode == 0, result.stderr
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert json.loads(last_line) == {"held_by_barrier": True, "freed_with_barrier": True}

@@ -101,14 +101,25 @@ def is_weights_only_refusal(err: pickle.UnpicklingError) -> bool:
 # ---------------------------------------------------------------------------------------------
 # torch: ending a gloo process group (torch 2.13.0)
 # ---------------------------------------------------------------------------------------------
-# `dist.destroy_process_group()` (and so Accelerate's `end_training()`) can deadlock with gloo:
-# the group joins its worker threads while holding the GIL, and a worker that still has to free
-# a tensor made in Python waits for the GIL. Measured 2026-12-01, 2 CPU processes, 1 epoch of
-# 200 samples, 60-90 s limit: simple_train.py under torchrun ending with it hung 1 of 20 runs
-# after model.pt was written (3 of 30 in an earlier session; Accelerate's hung too then), and
-# accelerate_train.py with `end_training()` 0 of 30; left to the interpreter's exit, 0 of 20
-# (plain), 0 of 10 (Accelerate) and 0 of 10 (Fabric) hung or aborted. Lightning 2.6.6 itself
-# destroys only NCCL groups (at exit): the hand-written runners do as it does.
+# A gloo collective's Work holds its tensors, and a gloo barrier's Work holds the Work of every
+# collective still in flight when it was issued. Whichever thread drops the last reference frees
+# them, and a tensor made in Python needs the GIL to be freed. When that thread is one of gloo's
+# worker threads (it drops its reference just after the barrier completes), the main thread may
+# by then be ending the interpreter: Python 3.11 makes a thread that asks for the GIL then exit,
+# through a noexcept frame, so the process aborts ("terminate called without an active
+# exception", SIGABRT) after the run's files were written. gdb on such a process: runLoop ->
+# ~AsyncBarrierWork -> ~AsyncAllreduceWork -> TensorImpl::decref_pyobject -> take_gil ->
+# pthread_exit -> std::terminate. Inside `destroy_process_group` the same worker waits for the GIL
+# while the main thread, holding it, joins the workers: the hang measured in an earlier session.
+# No public API waits for gloo's workers. So a runner ends with one more barrier and keeps its
+# Work until the interpreter's exit: that barrier either waits (without the GIL) for a worker
+# still freeing, or holds what the worker would free, and then the main thread frees it at exit.
+# Measured 2026-12-01, 2 processes, 50 all-reduces then the end, two launches at once, 60 runs
+# each: a barrier then exit aborted 18 (30 %), keeping the barrier's Work 0; the plain runner in
+# CI aborted in 2 of its 2-process runs. Lightning 2.6.6 destroys only NCCL groups (at exit), and
+# so do the hand-written runners: a gloo group is left to the interpreter's exit.
+
+_KEPT_TO_EXIT: list[Any] = []  # the last barrier's Work, freed by the main thread at exit
 
 
 def process_group_left_to_exit() -> bool:
@@ -117,3 +128,16 @@ def process_group_left_to_exit() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+
+
+def settle_gloo_workers() -> None:
+    """After a run's last collective: one more barrier, its Work kept until the interpreter's
+    exit, so that no gloo worker frees a Python tensor while the interpreter ends (see above).
+    Nothing to do without a gloo group."""
+    import torch.distributed as dist
+
+    if not process_group_left_to_exit():
+        return
+    work = dist.barrier(async_op=True)
+    work.wait()
+    _KEPT_TO_EXIT.append(work)
