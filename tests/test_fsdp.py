@@ -120,8 +120,13 @@ def resume_alone(runner: Runner, run_dir: Path) -> subprocess.CompletedProcess[s
     return runner.train(run_dir, 2, resume)
 
 
+# The plain runner's kill and resume in the default run; Fabric's and the Trainer's in the deep
+# tier (python -m pytest -m deep), with the kills between a sharded checkpoint's renames.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SHARDED_RUNNERS)
+@pytest.mark.parametrize(
+    "name",
+    [SHARDED_RUNNERS[0], *(pytest.param(n, marks=pytest.mark.deep) for n in SHARDED_RUNNERS[1:])],
+)
 def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
     name: str, tmp_path: Path, strategy_runs: Path
 ) -> None:
@@ -139,6 +144,7 @@ def test_fsdp2_sigkill_mid_epoch_then_resume_is_exact(
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize(
     ("name", "fault", "resumed_at"),
     [  # Fabric writes at steps 7, 8 (epoch end), 14; the Trainer at steps 7, 14
