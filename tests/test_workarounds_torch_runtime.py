@@ -175,11 +175,15 @@ def test_a_gloo_barrier_holds_the_tensors_of_collectives_in_flight(tmp_path: Pat
     script = tmp_path / "barrier_holds.py"
     script.write_text(GLOO_BARRIER_HOLDS)
     store = str(tmp_path / "store")
-    peer = subprocess.Popen([PYTHON, str(script), store, "1"], env=run_env(), cwd=ROOT)
-    try:
-        result = run([PYTHON, str(script), store, "0"], timeout=120)
-    finally:
-        assert peer.wait(timeout=120) == 0
+    rank_1 = [PYTHON, str(script), store, "1"]
+    with subprocess.Popen(rank_1, env=run_env(), cwd=ROOT, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as peer:  # fmt: skip
+        try:
+            result = run([PYTHON, str(script), store, "0"], timeout=120)
+            _, peer_stderr = peer.communicate(timeout=120)
+        finally:
+            peer.kill()  # nothing left behind, whatever failed (a no-op once it has ended)
+    assert peer.returncode == 0, peer_stderr
     assert result.returncode == 0, result.stderr
     last_line = result.stdout.strip().splitlines()[-1]
     assert json.loads(last_line) == {"held_by_barrier": True, "freed_with_barrier": True}

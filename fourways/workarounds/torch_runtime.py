@@ -114,9 +114,10 @@ def is_weights_only_refusal(err: pickle.UnpicklingError) -> bool:
 # No public API waits for gloo's workers. So a runner ends with one more barrier and keeps its
 # Work until the interpreter's exit: that barrier either waits (without the GIL) for a worker
 # still freeing, or holds what the worker would free, and then the main thread frees it at exit.
-# Measured 2026-12-01, 2 processes, 50 all-reduces then the end, two launches at once, 60 runs
-# each: a barrier then exit aborted 18 (30 %), keeping the barrier's Work 0; the plain runner in
-# CI aborted in 2 of its 2-process runs. Lightning 2.6.6 destroys only NCCL groups (at exit), and
+# Measured 2026-12-01, 2 processes, 50 all-reduces then the end, two launches at once: the
+# interpreter's exit aborted 37 of 60 runs, a barrier then exit 18 of 60, a kept barrier (alone,
+# or after a barrier as the runners do) 0 of 120; the plain runner in CI aborted in 2 of its
+# 2-process runs. Lightning 2.6.6 destroys only NCCL groups (at exit), and
 # so do the hand-written runners: a gloo group is left to the interpreter's exit.
 
 _KEPT_TO_EXIT: list[Any] = []  # the last barrier's Work, freed by the main thread at exit
